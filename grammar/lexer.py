@@ -1,0 +1,283 @@
+"""The recipe lexer: physical lines to the tokens of recipe.lark.
+
+This is BuildKit's line scanner (`parser.Parse`) turned into a token stream:
+parser directives, comments, line continuations with the escape character,
+CRLF, the byte-order mark, heredoc bodies and BuildKit's 64 KiB line limit.
+It decides nothing about what an instruction means.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .arguments import GO_SPACE, parse_json_array, split_command
+from .errors import ExpansionError, RecipeSyntaxError
+from .record import record
+from .source import Span
+from .syntax import Heredoc
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["MAX_LINE_BYTES", "Token", "tokenize"]
+
+MAX_LINE_BYTES = 65535  # bufio.Scanner's limit as BuildKit uses it, newline excluded
+
+_KEYWORDS = {
+    word: word.upper()
+    for word in (
+        "from arg run copy add workdir cmd entrypoint shell env label maintainer "
+        "expose volume user stopsignal healthcheck onbuild"
+    ).split()
+}
+_VALID_DIRECTIVES = frozenset({"syntax", "escape", "check"})
+_DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*")
+_HEREDOC_WORD = re.compile(r"(\d*)<<(-?)([^<]*)", re.ASCII)
+_HEREDOC_TARGETS = frozenset({"run", "copy", "add"})
+_MAX_FD = 2**64 - 1
+
+
+@record
+class Token:
+    """One token for the recipe.lark parser; 1-based positions.
+
+    `data` carries what a string cannot: the escape character on EOL, the
+    `Heredoc` on HEREDOC.
+    """
+
+    type: str
+    value: str
+    line: int
+    column: int
+    end_line: int
+    end_column: int
+    data: object = None
+
+
+def _error(message: str, line: int, end_line: int | None = None, hint: str | None = None) -> RecipeSyntaxError:
+    # The file name is filled in by grammar.parser once the error surfaces.
+    return RecipeSyntaxError(message, Span("", line, 1, end_line or line, 1 << 30), hint=hint)
+
+
+def _token(*fields: object) -> Token:
+    # tuple.__new__ skips namedtuple's Python-level __new__: tokens are the hot path.
+    return tuple.__new__(Token, fields)
+
+
+def tokenize(text: str) -> Iterator[list[Token]]:
+    """The recipe.lark tokens of one recipe (BOM already removed), one list per line.
+
+    A list holds a directive, or one instruction's tokens up to its EOL. The
+    parser reduces each instruction before asking for the next list, so
+    errors come in line order, as BuildKit reports them.
+    """
+    return _Scan(text).batches()
+
+
+class _Scan:
+    """One pass over one recipe's physical lines."""
+
+    def __init__(self, text: str) -> None:
+        lines = text.split("\n")
+        self.final_newline = lines[-1] == ""
+        if self.final_newline:
+            lines.pop()
+        self.too_long_at = 0
+        for index, line in enumerate(lines):
+            # A character is at most 4 bytes: only long lines need encoding.
+            if len(line) > MAX_LINE_BYTES // 4 and len(line.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
+                self.too_long_at = index + 1
+                del lines[index:]
+                break
+        self.lines = lines
+        self.escape = "\\"
+
+    def batches(self) -> Iterator[list[Token]]:
+        lines = self.lines
+        count = len(lines)
+        i = 0
+        directives_done = False
+        seen: set[str] = set()
+        instructions = 0
+        while i < count:
+            raw = lines[i]
+            i += 1
+            token = raw.rstrip("\r").lstrip(GO_SPACE)
+            if not directives_done:
+                found = self._directive(token, i, seen)
+                if found is None:
+                    directives_done = True
+                else:
+                    yield [Token("DIRECTIVE", found, i, 1, i, len(raw))]
+            if not token or token[0] == "#":
+                continue
+            start = i
+            segments = [(0, i, len(raw) - len(raw.lstrip(GO_SPACE)) + 1)]
+            line, more = self._continued(token)
+            parts = [line]
+            size = len(line)
+            while more and i < count:
+                raw = lines[i]
+                i += 1
+                if raw.lstrip(GO_SPACE)[:1] == "#":
+                    continue
+                piece = raw.rstrip("\r")
+                if not piece.strip(GO_SPACE):
+                    continue
+                piece, more = self._continued(piece)
+                segments.append((size, i, 1))
+                parts.append(piece)
+                size += len(piece)
+            if len(parts) > 1:
+                line = "".join(parts)
+            batch: list[Token] = []
+            word, rest = self._instruction(line, segments, batch)
+            original = line
+            if "<<" in line and word in _HEREDOC_TARGETS and not _is_json(word, rest):
+                heredocs = self._heredocs(line, start, i)
+                if heredocs:
+                    i = self._heredoc_bodies(heredocs, i, start, batch)
+                    bodies = [t.data for t in batch if t.type == "HEREDOC"]
+                    original = line + "\n" + "".join(f"{h.content}{h.name}\n" for h in bodies)
+            batch.append(Token("EOL", original, start, 1, i, 1, self.escape))
+            yield batch
+            instructions += 1
+        if instructions == 0:
+            raise _error("file with no instructions", max(count, 1), hint="a recipe starts with FROM IMAGE")
+        if self.too_long_at:
+            raise _error(f"dockerfile line greater than max allowed size of {MAX_LINE_BYTES}", self.too_long_at)
+
+    def _continued(self, line: str) -> tuple[str, bool]:
+        """Strip a trailing continuation character; True when the line continues."""
+        escape = self.escape
+        stripped = line.rstrip(" \t")
+        if stripped[-1:] == escape and (len(stripped) == 1 or stripped[-2] != escape):
+            return stripped[:-1], True
+        return line, False
+
+    def _directive(self, token: str, line: int, seen: set[str]) -> str | None:
+        """`name=value` when `token` is a parser directive, else None (directives end)."""
+        if token[:1] != "#":
+            return None
+        m = _DIRECTIVE.fullmatch(token[1:].lstrip(GO_SPACE))
+        if m is None:
+            return None
+        name = m.group(1).lower()
+        if name not in _VALID_DIRECTIVES:
+            return None
+        if name in seen:
+            raise _error(f"only one {name} parser directive can be used", line)
+        seen.add(name)
+        value = m.group(2)
+        if name == "escape":
+            if value not in ("\\", "`"):
+                raise _error(f"invalid escape token '{value}' does not match ` or \\", line)
+            self.escape = value
+        return f"{name}={value}"
+
+    def _instruction(self, line: str, segments: list[tuple[int, int, int]], out: list[Token]) -> tuple[str, str]:
+        """Append the tokens of one logical line; return the (word, rest) heredocs would belong to."""
+        base = 0
+        levels: list[tuple[str, str]] = []
+        # One physical line (the usual case): offsets map to columns directly.
+        single = segments[0] if len(segments) == 1 else None
+        while True:
+            word, word_at, flags, rest, rest_at = split_command(line)
+            lower = word.lower()
+            levels.append((lower, rest))
+            ln, col = (single[1], single[2] + base + word_at) if single else _position(segments, base + word_at)
+            out.append(_token(_KEYWORDS.get(lower, "UNKNOWN"), word, ln, col, ln, col + len(word) - 1, None))
+            for at, flag in flags:
+                ln, col = (single[1], single[2] + base + at) if single else _position(segments, base + at)
+                out.append(_token("FLAG", flag, ln, col, ln, col + len(flag) - 1, None))
+            if lower == "onbuild":
+                if not rest:
+                    break
+                line, base = rest, base + rest_at
+                continue
+            if rest:
+                ln, col = (single[1], single[2] + base + rest_at) if single else _position(segments, base + rest_at)
+                out.append(_token("ARGS", rest, ln, col, ln, col + len(rest) - 1, None))
+            break
+        # BuildKit looks through one ONBUILD only.
+        return levels[1] if levels[0][0] == "onbuild" and len(levels) > 1 else levels[0]
+
+    def _heredocs(self, line: str, start: int, end: int) -> list[Heredoc]:
+        """The heredocs announced by `<<WORD` words of `line`, bodies still empty."""
+        from .shell import ShellLexer  # only recipes with heredocs pay for it
+
+        # BuildKit always lexes heredoc words with `\\`, whatever the escape directive.
+        raw_words = ShellLexer("\\", raw_quotes=True, raw_escapes=True, skip_unset=True)
+        name_words = ShellLexer("\\", skip_unset=True)
+        raw_name_words = ShellLexer("\\", raw_quotes=True, skip_unset=True)
+        try:
+            words = raw_words.split(line, {})
+        except ExpansionError:
+            return []  # BuildKit ignores a line it cannot lex here
+        docs = []
+        for word in words:
+            m = _HEREDOC_WORD.fullmatch(word)
+            if m is None or not m.group(3):
+                continue
+            rest = m.group(3)
+            try:
+                names = name_words.split(rest, {})
+                if len(names) != 1:
+                    continue
+                raw_names = raw_name_words.split(rest, {})
+            except ExpansionError as exc:
+                raise _error(exc.message, start, end) from None
+            if len(raw_names) != 1:
+                raise _error(f"internal lexing of heredoc produced inconsistent results: {rest}", start, end)
+            name = names[0]
+            quotes = name.count("'") + name.count('"')
+            raw_quotes = raw_names[0].count("'") + raw_names[0].count('"')
+            digits = m.group(1).lstrip("0")
+            fd = min(int(digits), _MAX_FD) if 0 < len(digits) <= 20 else _MAX_FD if digits else 0
+            docs.append(Heredoc(name, fd, quotes == raw_quotes, m.group(2) == "-", ""))
+        return docs
+
+    def _heredoc_bodies(self, heredocs: list[Heredoc], i: int, start: int, out: list[Token]) -> int:
+        """Append HEREDOC tokens for the lines after index `i`; return the index after them."""
+        lines = self.lines
+        count = len(lines)
+        for doc in heredocs:
+            body: list[str] = []
+            first = i + 1
+            terminated = False
+            while i < count:
+                raw = lines[i]
+                i += 1
+                candidate = raw.rstrip("\r")
+                if doc.chomp:
+                    candidate = candidate.lstrip("\t")
+                if candidate == doc.name:
+                    terminated = True
+                    break
+                body.append(raw if (i == count and not self.final_newline) else raw + "\n")
+            if not terminated:
+                raise _error(
+                    "unterminated heredoc",
+                    start,
+                    i,
+                    hint=f"end the here-document with a line that is exactly {doc.name}"
+                    + (" (leading tabs allowed with <<-)" if doc.chomp else ""),
+                )
+            full = Heredoc(doc.name, doc.file_descriptor, doc.expand, doc.chomp, "".join(body))
+            out.append(Token("HEREDOC", full.content, first, 1, i, 1, full))
+        return i
+
+
+def _is_json(word: str, rest: str) -> bool:
+    if word == "run" and not rest:
+        return False
+    return parse_json_array(rest) is not None
+
+
+def _position(segments: list[tuple[int, int, int]], offset: int) -> tuple[int, int]:
+    """(line, column) of a logical-line offset, through the physical segments."""
+    for start, line, column in reversed(segments):
+        if offset >= start:
+            return line, column + offset - start
+    return segments[0][1], segments[0][2]
