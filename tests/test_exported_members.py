@@ -1,0 +1,16 @@
+"""Each package's public surface is deliberate: `__all__` lists exactly its public names."""
+
+from __future__ import annotations
+
+import importlib
+import types
+
+import pytest
+
+
+@pytest.mark.parametrize("name", ["grammar"])
+def test_all_lists_exactly_the_public_names(name: str) -> None:
+    module = importlib.import_module(name)
+    public = {n for n, v in vars(module).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
+    public -= {"annotations", "TYPE_CHECKING"}
+    assert sorted(module.__all__) == sorted(public)
