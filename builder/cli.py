@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import sys
 
+from .argv import HelpRequested, Option, Positional, Spec, UsageError, parse_args
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import argparse
     from collections.abc import Callable
 
 __all__ = ["main"]
@@ -28,37 +29,34 @@ EXIT_INTERRUPTED = 130
 
 
 class Command:
-    """A subcommand: `configure(parser)` adds its arguments, `run(args)` returns an exit code."""
+    """A subcommand: its options (`spec`) and `run(args)`, which returns an exit code."""
 
-    def __init__(
-        self,
-        summary: str,
-        configure: Callable[[argparse.ArgumentParser], None],
-        run: Callable[[argparse.Namespace], int],
-    ) -> None:
-        self.summary = summary
-        self.configure = configure
+    def __init__(self, spec: Spec, run: Callable[[dict[str, object]], int]) -> None:
+        self.spec = spec
         self.run = run
 
 
 # ---- pybuild parse -----------------------------------------------------------
 
+_PARSE = Spec(
+    "pybuild parse",
+    "check a recipe and print its stages, or its syntax tree with --json",
+    [
+        Option(
+            "--json",
+            help="print the syntax tree as BuildKit's parser builds it (one object per instruction), "
+            "without pybuild's own checks",
+        )
+    ],
+    [Positional("file", help="the recipe to parse (- for standard input)")],
+)
 
-def _configure_parse(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", metavar="FILE", help="the recipe to parse (- for standard input)")
-    p.add_argument(
-        "--json",
-        action="store_true",
-        help="print the syntax tree as BuildKit's parser builds it, one object per instruction, "
-        "without pybuild's own checks",
-    )
 
-
-def _run_parse(args: argparse.Namespace) -> int:
+def _run_parse(args: dict[str, object]) -> int:
     import grammar
 
-    name, data = _read_recipe(args.file)
-    if args.json:
+    name, data = _read_recipe(str(args["file"]))
+    if args["json"]:
         import json
 
         tree = grammar.parse_syntax(data, name)
@@ -99,7 +97,7 @@ def _first_line(text: str) -> str:
 
 
 COMMANDS: dict[str, Command] = {
-    "parse": Command("check a recipe and print its stages, or its syntax tree with --json", _configure_parse, _run_parse),
+    "parse": Command(_PARSE, _run_parse),
 }
 
 
@@ -141,11 +139,14 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS.get(name)
     if command is None:
         return _usage_error(f"unknown command {name!r}")
-    import argparse
-
-    parser = argparse.ArgumentParser(prog=f"pybuild {name}", description=command.summary)
-    command.configure(parser)
-    args = parser.parse_args(rest)
+    try:
+        args = parse_args(command.spec, rest)
+    except HelpRequested as help_:
+        print(help_)
+        return EXIT_OK
+    except UsageError as exc:
+        print(f"{command.spec.usage()}\n{command.spec.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         return command.run(args)
     except KeyboardInterrupt:
@@ -175,7 +176,7 @@ def _report(exc: BaseException, debug: bool) -> int:
 
 def _usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = "\n".join(f"  {name.ljust(width)}  {cmd.summary}" for name, cmd in COMMANDS.items())
+    lines = "\n".join(f"  {name.ljust(width)}  {cmd.spec.summary}" for name, cmd in COMMANDS.items())
     return _USAGE.format(commands=lines)
 
 

@@ -79,7 +79,7 @@ def test_internal_errors_exit_70_and_hide_the_traceback(monkeypatch: pytest.Monk
     def broken(args: object) -> int:
         raise RuntimeError("boom")
 
-    monkeypatch.setitem(cli.COMMANDS, "parse", cli.Command("x", cli.COMMANDS["parse"].configure, broken))
+    monkeypatch.setitem(cli.COMMANDS, "parse", cli.Command(cli.COMMANDS["parse"].spec, broken))
     assert cli.main(["parse", str(RECIPE)]) == 70
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: boom (run with --debug" in err and "Traceback" not in err
