@@ -8,7 +8,6 @@ are pure and know nothing of typed instructions, expansion or the store.
 
 from __future__ import annotations
 
-import json
 import re
 
 from .errors import RecipeSyntaxError
@@ -160,8 +159,26 @@ def _char_offset(raw: str, text: str, pos: int) -> int:
     return len(raw[:pos].encode("latin-1").decode("utf-8", "ignore"))
 
 
+def _words_pattern(escape: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    e = re.escape(escape)
+    space = "".join(f"\\u{ord(c):04x}" for c in GO_SPACE)
+    # Possessive quantifiers: a failed match must not backtrack exponentially.
+    word = rf"(?:[^{space}'\"{e}]++|{e}[\s\S]|\"(?:[^\"{e}]++|{e}[\s\S])*+\"|'[^']*+')++"
+    return re.compile(word), re.compile(rf"[{space}]*+(?:{word}[{space}]*+)*+")
+
+
+_WORDS = {escape: _words_pattern(escape) for escape in ("\\", "`")}
+
+
 def parse_words(rest: str, escape: str) -> list[str]:
     """Blank-separated words with quotes and escapes kept verbatim (ENV, LABEL, ARG)."""
+    word, whole = _WORDS[escape]
+    if whole.fullmatch(rest):  # no unterminated quote, no trailing escape: the common case
+        return word.findall(rest)
+    return _parse_words_slowly(rest, escape)
+
+
+def _parse_words_slowly(rest: str, escape: str) -> list[str]:
     words: list[str] = []
     word: list[str] = []
     blank_ok = False
@@ -215,6 +232,29 @@ def parse_words(rest: str, escape: str) -> list[str]:
     return words
 
 
+# Arrays of plain strings (no escapes) are decoded here; anything else goes to
+# the json module, which `pybuild parse` would otherwise import for nothing.
+_PLAIN_ARRAY = re.compile(
+    r'\[[ \t\n\r]*(?:"[^"\\\x00-\x1f]*"(?:[ \t\n\r]*,[ \t\n\r]*"[^"\\\x00-\x1f]*")*[ \t\n\r]*)?\]'
+)
+_PLAIN_STRING = re.compile(r'"([^"\\\x00-\x1f]*)"')
+
+
+def parse_json_array(rest: str) -> list[str] | None:
+    """The strings of a JSON array at the start of `rest`, or None if it is not one.
+
+    Go's json.Decoder reads one value and ignores what follows it. A valid
+    array holding anything but strings is a syntax error (NOT_STRING_ARRAY).
+    """
+    text = rest.lstrip(GO_SPACE)
+    if not text.startswith("["):
+        return None
+    plain = _PLAIN_ARRAY.match(text)
+    if plain is not None:
+        return _PLAIN_STRING.findall(plain.group())
+    return _decode_json_array(text)
+
+
 class _Reject(Exception):
     """A JSON document Go's decoder would refuse (NaN, number out of range)."""
 
@@ -230,21 +270,15 @@ def _reject_constant(text: str) -> float:
     raise _Reject(text)
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_go_number, parse_int=_go_number)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def parse_json_array(rest: str) -> list[str] | None:
-    """The strings of a JSON array at the start of `rest`, or None if it is not one.
+def _decode_json_array(text: str) -> list[str] | None:
+    import json
 
-    Go's json.Decoder reads one value and ignores what follows it. A valid
-    array holding anything but strings is a syntax error (NOT_STRING_ARRAY).
-    """
-    text = rest.lstrip(GO_SPACE)
-    if not text.startswith("["):
-        return None
+    decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_go_number, parse_int=_go_number)
     try:
-        value, _ = _DECODER.raw_decode(text)
+        value, _ = decoder.raw_decode(text)
     except (ValueError, _Reject):
         return None
     except RecursionError:

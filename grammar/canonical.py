@@ -9,7 +9,6 @@ with `instruction_text`.
 
 from __future__ import annotations
 
-import json
 import re
 
 from .instructions import (
@@ -43,6 +42,7 @@ __all__ = ["canonical", "instruction_text"]
 
 _PLAIN_FLAG = re.compile(r"[^\s\"'\\]*")
 _PLAIN_WORD = re.compile(r"[^\s\"'\\\[][^\s\"'\\]*")
+_PLAIN_JSON = re.compile(r'[^"\\\x00-\x1f]*')
 
 
 def canonical(recipe: Recipe) -> str:
@@ -61,7 +61,7 @@ def instruction_text(instruction: Instruction, escape: str = "\\") -> str:
     """One instruction as canonical text (heredoc bodies included)."""
     keyword = type(instruction).__name__.upper()
     flags, head, heredocs = _body(instruction)
-    if head.startswith("--"):
+    if head.startswith("--") and type(instruction) is not Onbuild:  # ONBUILD keeps its text
         head = "-- " + head  # else it would read as a flag
     text = " ".join([keyword, *flags, head]) if head else " ".join([keyword, *flags])
     if text.endswith(escape):
@@ -94,9 +94,17 @@ def _flags(*pairs: tuple[str, object]) -> list[str]:
     return out
 
 
+def _json_array(items: tuple[str, ...]) -> str:
+    if all(_PLAIN_JSON.fullmatch(item) for item in items):
+        return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+    import json  # only for strings that need escapes
+
+    return json.dumps(list(items), ensure_ascii=False)
+
+
 def _command(command: Command) -> str:
     if type(command) is ExecForm:
-        return json.dumps(list(command.argv), ensure_ascii=False)
+        return _json_array(command.argv)
     return command.text
 
 
@@ -115,7 +123,7 @@ def _paths(items: tuple[str, ...], heredocs: tuple[Heredoc, ...]) -> str:
     # but instructions that carry heredocs must stay in shell form.
     if heredocs or all(_PLAIN_WORD.fullmatch(p) and "<<" not in p for p in items):
         return " ".join(items)
-    return json.dumps(list(items), ensure_ascii=False)
+    return _json_array(items)
 
 
 def _body(i: Instruction) -> tuple[list[str], str, tuple[Heredoc, ...]]:  # noqa: C901 - one case per instruction
@@ -130,7 +138,7 @@ def _body(i: Instruction) -> tuple[list[str], str, tuple[Heredoc, ...]]:  # noqa
         case Cmd() | Entrypoint():
             return [], _command(i.command), ()
         case Shell():
-            return [], json.dumps(list(i.argv), ensure_ascii=False), ()
+            return [], _json_array(i.argv), ()
         case Env() | Label():
             if i.legacy:
                 ((key, value),) = i.pairs

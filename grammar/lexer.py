@@ -11,7 +11,8 @@ from __future__ import annotations
 import re
 
 from .arguments import GO_SPACE, parse_json_array, split_command
-from .errors import ExpansionError, RecipeSyntaxError
+from .errors import RecipeSyntaxError
+from .heredoc import heredocs_in
 from .record import record
 from .source import Span
 from .syntax import Heredoc
@@ -33,9 +34,7 @@ _KEYWORDS = {
 }
 _VALID_DIRECTIVES = frozenset({"syntax", "escape", "check"})
 _DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*")
-_HEREDOC_WORD = re.compile(r"(\d*)<<(-?)([^<]*)", re.ASCII)
 _HEREDOC_TARGETS = frozenset({"run", "copy", "add"})
-_MAX_FD = 2**64 - 1
 
 
 @record
@@ -60,11 +59,6 @@ def _error(message: str, line: int, end_line: int | None = None, hint: str | Non
     return RecipeSyntaxError(message, Span("", line, 1, end_line or line, 1 << 30), hint=hint)
 
 
-def _token(*fields: object) -> Token:
-    # tuple.__new__ skips namedtuple's Python-level __new__: tokens are the hot path.
-    return tuple.__new__(Token, fields)
-
-
 def tokenize(text: str) -> Iterator[list[Token]]:
     """The recipe.lark tokens of one recipe (BOM already removed), one list per line.
 
@@ -84,13 +78,15 @@ class _Scan:
         if self.final_newline:
             lines.pop()
         self.too_long_at = 0
-        for index, line in enumerate(lines):
-            # A character is at most 4 bytes: only long lines need encoding.
-            if len(line) > MAX_LINE_BYTES // 4 and len(line.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
-                self.too_long_at = index + 1
-                del lines[index:]
-                break
+        # A character is at most 4 bytes: only long lines need encoding.
+        if lines and max(map(len, lines)) > MAX_LINE_BYTES // 4:
+            for index, line in enumerate(lines):
+                if len(line) > MAX_LINE_BYTES // 4 and len(line.encode("utf-8", "surrogatepass")) > MAX_LINE_BYTES:
+                    self.too_long_at = index + 1
+                    del lines[index:]
+                    break
         self.lines = lines
+        self.has_cr = "\r" in text
         self.escape = "\\"
 
     def batches(self) -> Iterator[list[Token]]:
@@ -113,7 +109,7 @@ class _Scan:
             if not token or token[0] == "#":
                 continue
             start = i
-            segments = [(0, i, len(raw) - len(raw.lstrip(GO_SPACE)) + 1)]
+            segments = [(0, i, len(raw) - len(token) - (len(raw) - len(raw.rstrip("\r"))) + 1)]
             line, more = self._continued(token)
             parts = [line]
             size = len(line)
@@ -135,12 +131,15 @@ class _Scan:
             word, rest = self._instruction(line, segments, batch)
             original = line
             if "<<" in line and word in _HEREDOC_TARGETS and not _is_json(word, rest):
-                heredocs = self._heredocs(line, start, i)
+                try:
+                    heredocs = heredocs_in(line)
+                except RecipeSyntaxError as exc:
+                    raise exc.with_span(Span("", start, 1, i, 1 << 30)) from None
                 if heredocs:
                     i = self._heredoc_bodies(heredocs, i, start, batch)
                     bodies = [t.data for t in batch if t.type == "HEREDOC"]
                     original = line + "\n" + "".join(f"{h.content}{h.name}\n" for h in bodies)
-            batch.append(Token("EOL", original, start, 1, i, 1, self.escape))
+            batch.append(tuple.__new__(Token, ("EOL", original, start, 1, i, 1, self.escape)))
             yield batch
             instructions += 1
         if instructions == 0:
@@ -178,6 +177,7 @@ class _Scan:
 
     def _instruction(self, line: str, segments: list[tuple[int, int, int]], out: list[Token]) -> tuple[str, str]:
         """Append the tokens of one logical line; return the (word, rest) heredocs would belong to."""
+        new = tuple.__new__
         base = 0
         levels: list[tuple[str, str]] = []
         # One physical line (the usual case): offsets map to columns directly.
@@ -187,10 +187,11 @@ class _Scan:
             lower = word.lower()
             levels.append((lower, rest))
             ln, col = (single[1], single[2] + base + word_at) if single else _position(segments, base + word_at)
-            out.append(_token(_KEYWORDS.get(lower, "UNKNOWN"), word, ln, col, ln, col + len(word) - 1, None))
+            # tuple.__new__ skips namedtuple's Python-level __new__: this is the hot path.
+            out.append(new(Token, (_KEYWORDS.get(lower, "UNKNOWN"), word, ln, col, ln, col + len(word) - 1, None)))
             for at, flag in flags:
                 ln, col = (single[1], single[2] + base + at) if single else _position(segments, base + at)
-                out.append(_token("FLAG", flag, ln, col, ln, col + len(flag) - 1, None))
+                out.append(new(Token, ("FLAG", flag, ln, col, ln, col + len(flag) - 1, None)))
             if lower == "onbuild":
                 if not rest:
                     break
@@ -198,75 +199,45 @@ class _Scan:
                 continue
             if rest:
                 ln, col = (single[1], single[2] + base + rest_at) if single else _position(segments, base + rest_at)
-                out.append(_token("ARGS", rest, ln, col, ln, col + len(rest) - 1, None))
+                out.append(new(Token, ("ARGS", rest, ln, col, ln, col + len(rest) - 1, None)))
             break
         # BuildKit looks through one ONBUILD only.
         return levels[1] if levels[0][0] == "onbuild" and len(levels) > 1 else levels[0]
 
-    def _heredocs(self, line: str, start: int, end: int) -> list[Heredoc]:
-        """The heredocs announced by `<<WORD` words of `line`, bodies still empty."""
-        from .shell import ShellLexer  # only recipes with heredocs pay for it
-
-        # BuildKit always lexes heredoc words with `\\`, whatever the escape directive.
-        raw_words = ShellLexer("\\", raw_quotes=True, raw_escapes=True, skip_unset=True)
-        name_words = ShellLexer("\\", skip_unset=True)
-        raw_name_words = ShellLexer("\\", raw_quotes=True, skip_unset=True)
-        try:
-            words = raw_words.split(line, {})
-        except ExpansionError:
-            return []  # BuildKit ignores a line it cannot lex here
-        docs = []
-        for word in words:
-            m = _HEREDOC_WORD.fullmatch(word)
-            if m is None or not m.group(3):
-                continue
-            rest = m.group(3)
-            try:
-                names = name_words.split(rest, {})
-                if len(names) != 1:
-                    continue
-                raw_names = raw_name_words.split(rest, {})
-            except ExpansionError as exc:
-                raise _error(exc.message, start, end) from None
-            if len(raw_names) != 1:
-                raise _error(f"internal lexing of heredoc produced inconsistent results: {rest}", start, end)
-            name = names[0]
-            quotes = name.count("'") + name.count('"')
-            raw_quotes = raw_names[0].count("'") + raw_names[0].count('"')
-            digits = m.group(1).lstrip("0")
-            fd = min(int(digits), _MAX_FD) if 0 < len(digits) <= 20 else _MAX_FD if digits else 0
-            docs.append(Heredoc(name, fd, quotes == raw_quotes, m.group(2) == "-", ""))
-        return docs
-
     def _heredoc_bodies(self, heredocs: list[Heredoc], i: int, start: int, out: list[Token]) -> int:
         """Append HEREDOC tokens for the lines after index `i`; return the index after them."""
-        lines = self.lines
-        count = len(lines)
         for doc in heredocs:
-            body: list[str] = []
-            first = i + 1
-            terminated = False
-            while i < count:
-                raw = lines[i]
-                i += 1
-                candidate = raw.rstrip("\r")
-                if doc.chomp:
-                    candidate = candidate.lstrip("\t")
-                if candidate == doc.name:
-                    terminated = True
-                    break
-                body.append(raw if (i == count and not self.final_newline) else raw + "\n")
-            if not terminated:
+            end = self._terminator(doc, i)
+            if end < 0:
                 raise _error(
                     "unterminated heredoc",
                     start,
-                    i,
+                    len(self.lines),
                     hint=f"end the here-document with a line that is exactly {doc.name}"
                     + (" (leading tabs allowed with <<-)" if doc.chomp else ""),
                 )
-            full = Heredoc(doc.name, doc.file_descriptor, doc.expand, doc.chomp, "".join(body))
-            out.append(Token("HEREDOC", full.content, first, 1, i, 1, full))
+            body = self.lines[i:end]
+            content = "\n".join(body) + "\n" if body else ""
+            full = Heredoc(doc.name, doc.file_descriptor, doc.expand, doc.chomp, content)
+            out.append(Token("HEREDOC", content, i + 1, 1, end + 1, 1, full))
+            i = end + 1
         return i
+
+    def _terminator(self, doc: Heredoc, i: int) -> int:
+        """Index of the line that ends heredoc `doc`, searching from `i`; -1 if none."""
+        lines = self.lines
+        if not doc.chomp and not self.has_cr:
+            try:
+                return lines.index(doc.name, i)
+            except ValueError:
+                return -1
+        for j in range(i, len(lines)):
+            candidate = lines[j].rstrip("\r")
+            if doc.chomp:
+                candidate = candidate.lstrip("\t")
+            if candidate == doc.name:
+                return j
+        return -1
 
 
 def _is_json(word: str, rest: str) -> bool:

@@ -62,54 +62,66 @@ class _Splice(list):
     """Children collected by a lark-generated `x*` rule, spliced into the parent's."""
 
 
+# Stands after each batch: it takes no action but the reductions that need no
+# lookahead, so an instruction's errors surface before the next line is read
+# (BuildKit's order). At the very end, $END finishes the parse.
+_FLUSH = Token(None, "", 0, 0, 0, 0)  # type: ignore[arg-type]
+_END = Token("$END", "", 0, 0, 0, 0)
+
 
 def _drive(batches: Iterable[list[Token]], callbacks: dict[str, Callable[[list], object]]) -> SyntaxTree:
     """Run the LALR(1) table over the token batches; returns the `recipe` value."""
-    states, defaults = tables.STATES, tables.DEFAULT_REDUCE
-    rules = [(name, size, kind, callbacks.get(name)) for name, size, kind in tables.RULES]
+    states, defaults, end_state = tables.STATES, tables.DEFAULT_REDUCE, tables.END
+    rules = _RULES if callbacks is CALLBACKS else _rules(callbacks)
     stack = [tables.START]
     values: list = []
-
-    def reduce(action: int) -> None:
-        name, size, kind, callback = rules[~action]
-        if size:
-            children = values[-size:]
-            del values[-size:], stack[-size:]
-        else:
-            children = []
-        if kind == 2 and size == 1:  # `?rule` with one child: pass it through
-            value = children[0]
-        elif kind == 1:  # lark's left-recursive `x*` helper: grow one list in place
-            if children and type(children[0]) is _Splice:
-                value = children[0]
-                value.extend(children[1:])
-            else:
-                value = _Splice(children)
-        else:
-            if kind == 3:
-                children = [x for c in children for x in (c if type(c) is _Splice else (c,))]
-            value = callback(children)
-        stack.append(states[stack[-1]][name])
-        values.append(value)
-
-    for batch in batches:
+    for batch in _with_flushes(batches):
         for token in batch:
             kind = token.type
-            action = states[stack[-1]].get(kind)
-            while action is not None and action < 0:
-                reduce(action)
-                action = states[stack[-1]].get(kind)
-            if action is None:  # the lexer only emits sequences the grammar accepts
-                raise AssertionError(f"recipe.lark rejects {kind} in state {stack[-1]}")
-            stack.append(action)
-            values.append(token)
-            # Reduce what needs no lookahead at once, so an instruction's errors
-            # surface before the next line is read (BuildKit's order).
-            while defaults[stack[-1]]:
-                reduce(defaults[stack[-1]])
-    while stack[-1] != tables.END:
-        reduce(states[stack[-1]]["$END"])
-    return values[-1]
+            while True:
+                state = stack[-1]
+                if kind is None:
+                    action = defaults[state]
+                    if not action:
+                        break
+                else:
+                    action = states[state].get(kind)
+                    if action is None:  # the lexer emits only what the grammar accepts
+                        raise AssertionError(f"recipe.lark rejects {kind} in state {state}")
+                    if action >= 0:
+                        stack.append(action)
+                        values.append(token)
+                        break
+                name, size, mode, callback = rules[~action]
+                if size:
+                    children = values[-size:]
+                    del values[-size:], stack[-size:]
+                else:
+                    children = []
+                if mode == 2 and size == 1:  # `?rule` with one child: pass it through
+                    value = children[0]
+                elif mode == 1:  # lark's left-recursive `x*` helper: grow one list in place
+                    if children and type(children[0]) is _Splice:
+                        value = children[0]
+                        value.extend(children[1:])
+                    else:
+                        value = _Splice(children)
+                else:
+                    if mode == 3:
+                        children = [x for c in children for x in (c if type(c) is _Splice else (c,))]
+                    value = callback(children)
+                stack.append(states[stack[-1]][name])
+                values.append(value)
+                if kind == "$END" and stack[-1] == end_state:
+                    return values[-1]  # type: ignore[no-any-return]
+    raise AssertionError("recipe.lark did not accept $END")
+
+
+def _with_flushes(batches: Iterable[list[Token]]) -> Iterable[list[Token]]:
+    for batch in batches:
+        batch.append(_FLUSH)
+        yield batch
+    yield [_END]
 
 
 # ---- rule callbacks ----------------------------------------------------------
@@ -155,7 +167,9 @@ def _node(partial: tuple, inner: SyntaxNode | None, end: Token, heredocs: tuple)
             raise exc.with_span(Span("", at.line, at.column, at.end_line, at.end_column)) from None
     else:
         values, is_json = (), False
-    return SyntaxNode(
+    return tuple.__new__(  # SyntaxNode, without namedtuple's Python-level __new__
+        SyntaxNode,
+        (
         word.value,
         tuple([f.value for f in flags]) if flags else (),
         values,
@@ -168,6 +182,7 @@ def _node(partial: tuple, inner: SyntaxNode | None, end: Token, heredocs: tuple)
         (word.line, word.column),
         tuple([(f.line, f.column) for f in flags]) if flags else (),
         (args.line, args.column) if args is not None else None,
+        ),
     )
 
 
@@ -192,3 +207,10 @@ CALLBACKS: dict[str, Callable[[list], object]] = {
     ).split()
 }
 CALLBACKS.update(onbuild=_onbuild, line=_line, recipe=_recipe, directive=_directive)
+
+
+def _rules(callbacks: dict[str, Callable[[list], object]]) -> list[tuple]:
+    return [(name, size, mode, callbacks.get(name)) for name, size, mode in tables.RULES]
+
+
+_RULES = _rules(CALLBACKS)

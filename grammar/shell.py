@@ -97,10 +97,20 @@ class _Run:
     def word(self, stop: str, raw: bool) -> tuple[str, list[str]]:
         """Read up to `stop` ("" = end of input): the expanded text, and its words."""
         esc, quotes = self.lex.escape, not self.lex.skip_quotes
+        plain = _plain_run(esc, quotes, stop)
+        text = self.text
         out: list[str] = []
         words: list[str] = []
         word: list[str] = []  # the word being built, in pieces
-        while (ch := self.next()) != stop:
+        while True:
+            run = plain.match(text, self.pos)
+            if run is not None:  # ordinary characters: take them in one piece
+                self.pos = run.end()
+                out.append(run.group())
+                _add(words, word, run.group(), True)
+                continue
+            if (ch := self.next()) == stop:
+                break
             if not ch:
                 raise ExpansionError(f"unexpected end of statement while looking for matching {stop}")
             if ch == "$":
@@ -240,6 +250,19 @@ class _Run:
                 out.append(_go_template(replacement, value[start:end]))
             last, pos = end, end if end > pos else pos + 1
         return "".join(out) + value[last:]
+
+
+_PLAIN_RUNS: dict[tuple[str, bool, str], re.Pattern[str]] = {}
+
+
+def _plain_run(escape: str, quotes: bool, stop: str) -> re.Pattern[str]:
+    """A run of characters that need no special handling before `stop`."""
+    key = (escape, quotes, stop)
+    pattern = _PLAIN_RUNS.get(key)
+    if pattern is None:
+        special = "$<" + escape + stop + ("'\"" if quotes else "")
+        pattern = _PLAIN_RUNS[key] = re.compile("[^" + re.escape(special) + "]+")
+    return pattern
 
 
 def _add(words: list[str], word: list[str], piece: str, split: bool) -> None:

@@ -1,0 +1,93 @@
+"""Which `<<WORD` words of an instruction line open here-documents.
+
+BuildKit's rule (`heredocsFromLine`): lex the line into words with quotes and
+escapes kept and unset variables left as written; each word of the form
+`[fd]<<[-]NAME` opens a heredoc whose delimiter is NAME lexed once more, and
+whose body is not expanded when any part of NAME was quoted. Lines without
+`$` or `\\` take a regular-expression path that gives the same words; the
+rest go through the shell lexer. Bodies are the lexer's business.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+
+from .arguments import GO_SPACE
+from .errors import ExpansionError, RecipeSyntaxError
+from .syntax import Heredoc
+
+__all__ = ["heredocs_in"]
+
+_MAX_FD = 2**64 - 1
+_HEREDOC_WORD = re.compile(r"(\d*)<<(-?)([^<]*)", re.ASCII)
+_SPACE = "".join(f"\\u{ord(c):04x}" for c in GO_SPACE)
+# A word of the shell lexer's raw mode, for text without `$` and `\`: quotes
+# kept and atomic, and `<<` keeps the blanks after it (BuildKit 0.22+).
+# Possessive quantifiers: a failed match must not backtrack exponentially.
+_RAW_WORD = rf"(?:[^{_SPACE}'\"<]++|<<[ \t\r]*+|<|'[^']*+'|\"[^\"]*+\")++"
+_RAW_WORDS = re.compile(_RAW_WORD)
+_RAW_LINE = re.compile(rf"[{_SPACE}]*+(?:{_RAW_WORD}[{_SPACE}]*+)*+")
+_QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+
+
+def heredocs_in(line: str) -> list[Heredoc]:
+    """The heredocs `line` opens, in order, with empty bodies.
+
+    RecipeSyntaxError (without location) where BuildKit fails on a delimiter.
+    """
+    if "$" in line or "\\" in line or "\ufeff" in line:
+        words = _lexed_words(line)
+    elif _RAW_LINE.fullmatch(line):
+        words = _RAW_WORDS.findall(line)
+    else:
+        return []  # an unterminated quote: BuildKit ignores the line
+    docs = []
+    for word in words:
+        m = _HEREDOC_WORD.fullmatch(word)
+        if m is None or not m.group(3):
+            continue
+        delimiter = _delimiter(m.group(3))
+        if delimiter is None:
+            continue
+        digits = m.group(1).lstrip("0")
+        fd = min(int(digits), _MAX_FD) if 0 < len(digits) <= 20 else _MAX_FD if digits else 0
+        docs.append(Heredoc(delimiter[0], fd, delimiter[1], m.group(2) == "-", ""))
+    return docs
+
+
+def _lexed_words(line: str) -> list[str]:
+    from .shell import ShellLexer
+
+    try:
+        # BuildKit lexes heredoc words with `\`, whatever the escape directive.
+        return ShellLexer("\\", raw_quotes=True, raw_escapes=True, skip_unset=True).split(line, {})
+    except ExpansionError:
+        return []  # BuildKit ignores a line it cannot lex here
+
+
+@lru_cache(maxsize=256)
+def _delimiter(rest: str) -> tuple[str, bool] | None:
+    """(name, expand) of the heredoc word's tail, or None when it is not one word."""
+    if "$" not in rest and "\\" not in rest and "\ufeff" not in rest:
+        text = rest.lstrip(" \t\r")
+        name = _QUOTED.sub(lambda m: m.group(1) if m.group(1) is not None else m.group(2), text)
+        if not name:
+            return None  # the lexer makes no word of nothing, even quoted nothing
+        return name, _quote_count(name) == _quote_count(text)
+    from .shell import ShellLexer
+
+    try:
+        names = ShellLexer("\\", skip_unset=True).split(rest, {})
+        if len(names) != 1:
+            return None
+        raw = ShellLexer("\\", raw_quotes=True, skip_unset=True).split(rest, {})
+    except ExpansionError as exc:
+        raise RecipeSyntaxError(exc.message) from None
+    if len(raw) != 1:
+        raise RecipeSyntaxError(f"internal lexing of heredoc produced inconsistent results: {rest}")
+    return names[0], _quote_count(names[0]) == _quote_count(raw[0])
+
+
+def _quote_count(text: str) -> int:
+    return text.count("'") + text.count('"')
