@@ -96,21 +96,27 @@ class _Scan:
         directives_done = False
         seen: set[str] = set()
         instructions = 0
+        cr = self.has_cr
+        escape = self.escape
         while i < count:
             raw = lines[i]
             i += 1
-            token = raw.rstrip("\r").lstrip(GO_SPACE)
+            token = (raw.rstrip("\r") if cr else raw).lstrip(GO_SPACE)
             if not directives_done:
                 found = self._directive(token, i, seen)
                 if found is None:
                     directives_done = True
                 else:
                     yield [Token("DIRECTIVE", found, i, 1, i, len(raw))]
+                    escape = self.escape
             if not token or token[0] == "#":
                 continue
             start = i
-            segments = [(0, i, len(raw) - len(token) - (len(raw) - len(raw.rstrip("\r"))) + 1)]
-            line, more = self._continued(token)
+            segments = [(0, i, len(raw) - len(token) - (len(raw) - len(raw.rstrip("\r")) if cr else 0) + 1)]
+            if token[-1] in " \t" or token[-1] == escape:
+                line, more = self._continued(token)
+            else:  # the usual last character: no continuation
+                line, more = token, False
             parts = [line]
             size = len(line)
             while more and i < count:
@@ -218,8 +224,8 @@ class _Scan:
                 )
             body = self.lines[i:end]
             content = "\n".join(body) + "\n" if body else ""
-            full = Heredoc(doc.name, doc.file_descriptor, doc.expand, doc.chomp, content)
-            out.append(Token("HEREDOC", content, i + 1, 1, end + 1, 1, full))
+            full = doc._replace(content=content)
+            out.append(tuple.__new__(Token, ("HEREDOC", content, i + 1, 1, end + 1, 1, full)))
             i = end + 1
         return i
 

@@ -62,66 +62,57 @@ class _Splice(list):
     """Children collected by a lark-generated `x*` rule, spliced into the parent's."""
 
 
-# Stands after each batch: it takes no action but the reductions that need no
-# lookahead, so an instruction's errors surface before the next line is read
-# (BuildKit's order). At the very end, $END finishes the parse.
-_FLUSH = Token(None, "", 0, 0, 0, 0)  # type: ignore[arg-type]
-_END = Token("$END", "", 0, 0, 0, 0)
-
-
 def _drive(batches: Iterable[list[Token]], callbacks: dict[str, Callable[[list], object]]) -> SyntaxTree:
     """Run the LALR(1) table over the token batches; returns the `recipe` value."""
-    states, defaults, end_state = tables.STATES, tables.DEFAULT_REDUCE, tables.END
+    states, defaults = tables.STATES, tables.DEFAULT_REDUCE
     rules = _RULES if callbacks is CALLBACKS else _rules(callbacks)
     stack = [tables.START]
     values: list = []
-    for batch in _with_flushes(batches):
-        for token in batch:
-            kind = token.type
-            while True:
-                state = stack[-1]
-                if kind is None:
-                    action = defaults[state]
-                    if not action:
-                        break
-                else:
-                    action = states[state].get(kind)
-                    if action is None:  # the lexer emits only what the grammar accepts
-                        raise AssertionError(f"recipe.lark rejects {kind} in state {state}")
-                    if action >= 0:
-                        stack.append(action)
-                        values.append(token)
-                        break
-                name, size, mode, callback = rules[~action]
-                if size:
-                    children = values[-size:]
-                    del values[-size:], stack[-size:]
-                else:
-                    children = []
-                if mode == 2 and size == 1:  # `?rule` with one child: pass it through
-                    value = children[0]
-                elif mode == 1:  # lark's left-recursive `x*` helper: grow one list in place
-                    if children and type(children[0]) is _Splice:
-                        value = children[0]
-                        value.extend(children[1:])
-                    else:
-                        value = _Splice(children)
-                else:
-                    if mode == 3:
-                        children = [x for c in children for x in (c if type(c) is _Splice else (c,))]
-                    value = callback(children)
-                stack.append(states[stack[-1]][name])
-                values.append(value)
-                if kind == "$END" and stack[-1] == end_state:
-                    return values[-1]  # type: ignore[no-any-return]
-    raise AssertionError("recipe.lark did not accept $END")
 
+    def reduce(action: int) -> int:
+        """Apply rule ~action; return the new top state."""
+        name, size, mode, callback = rules[~action]
+        if size:
+            children = values[-size:]
+            del values[-size:], stack[-size:]
+        else:
+            children = []
+        if mode == 2 and size == 1:  # `?rule` with one child: pass it through
+            value = children[0]
+        elif mode == 1:  # lark's left-recursive `x*` helper: grow one list in place
+            if children and type(children[0]) is _Splice:
+                value = children[0]
+                value.extend(children[1:])
+            else:
+                value = _Splice(children)
+        else:
+            if mode == 3:
+                children = [x for c in children for x in (c if type(c) is _Splice else (c,))]
+            value = callback(children)
+        state = states[stack[-1]][name]
+        stack.append(state)
+        values.append(value)
+        return state
 
-def _with_flushes(batches: Iterable[list[Token]]) -> Iterable[list[Token]]:
     for batch in batches:
-        batch.append(_FLUSH)
-        yield batch
-    yield [_END]
+        for token in batch:
+            kind = token[0]
+            action = states[stack[-1]].get(kind)
+            while action is not None and action < 0:
+                action = states[reduce(action)].get(kind)
+            if action is None:  # the lexer emits only what the grammar accepts
+                raise AssertionError(f"recipe.lark rejects {kind} in state {stack[-1]}")
+            stack.append(action)
+            values.append(token)
+        # Reduce what needs no lookahead at once, so an instruction's errors
+        # surface before the next line is read (BuildKit's order).
+        action = defaults[stack[-1]]
+        while action:
+            action = defaults[reduce(action)]
+    action = states[stack[-1]]["$END"]
+    while stack[-1] != tables.END:
+        action = states[reduce(action)].get("$END", 0)
+    return values[-1]  # type: ignore[no-any-return]
 
 
 # ---- rule callbacks ----------------------------------------------------------
@@ -131,9 +122,10 @@ def _with_flushes(batches: Iterable[list[Token]]) -> Iterable[list[Token]]:
 
 
 def _instruction(children: list) -> tuple:
-    word, *rest = children
-    args = rest.pop() if rest and rest[-1].type == "ARGS" else None
-    return word, rest, args, None
+    last = children[-1]
+    if len(children) > 1 and last.type == "ARGS":
+        return children[0], children[1:-1], last, None
+    return children[0], children[1:], None, None
 
 
 def _onbuild(children: list) -> tuple:
