@@ -9,6 +9,7 @@ are pure and know nothing of typed instructions, expansion or the store.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from .errors import RecipeSyntaxError
 
@@ -159,6 +160,7 @@ def _char_offset(raw: str, text: str, pos: int) -> int:
     return len(raw[:pos].encode("latin-1").decode("utf-8", "ignore"))
 
 
+@lru_cache(maxsize=2)  # compiled on first use: recipes rarely need both escapes
 def _words_pattern(escape: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     e = re.escape(escape)
     space = "".join(f"\\u{ord(c):04x}" for c in GO_SPACE)
@@ -167,12 +169,9 @@ def _words_pattern(escape: str) -> tuple[re.Pattern[str], re.Pattern[str]]:
     return re.compile(word), re.compile(rf"[{space}]*+(?:{word}[{space}]*+)*+")
 
 
-_WORDS = {escape: _words_pattern(escape) for escape in ("\\", "`")}
-
-
 def parse_words(rest: str, escape: str) -> list[str]:
     """Blank-separated words with quotes and escapes kept verbatim (ENV, LABEL, ARG)."""
-    word, whole = _WORDS[escape]
+    word, whole = _words_pattern(escape)
     if whole.fullmatch(rest):  # no unterminated quote, no trailing escape: the common case
         return word.findall(rest)
     return _parse_words_slowly(rest, escape)
@@ -294,11 +293,13 @@ def _decode_json_array(text: str) -> list[str] | None:
     return value
 
 
-_JSON_TOKEN = re.compile(
-    r'[ \t\n\r]*(?:(?P<open>[\[{])|(?P<close>[\]}])|(?P<sep>[,:])|'
-    r'(?P<scalar>"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
-    r"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null))"
-)
+@lru_cache(maxsize=1)
+def _json_token() -> re.Pattern[str]:
+    return re.compile(
+        r'[ \t\n\r]*(?:(?P<open>[\[{])|(?P<close>[\]}])|(?P<sep>[,:])|'
+        r'(?P<scalar>"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
+        r"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null))"
+    )
 
 
 def _nested_json_is_valid(text: str, max_depth: int = 10000) -> bool:
@@ -307,11 +308,12 @@ def _nested_json_is_valid(text: str, max_depth: int = 10000) -> bool:
     Only reached for arrays nested too deeply for Python's recursive decoder;
     the grammar is checked loosely (token order), which is all Go reports on.
     """
+    token = _json_token()
     stack: list[str] = []
     pos = 0
     expect_value = True
     while True:
-        m = _JSON_TOKEN.match(text, pos)
+        m = token.match(text, pos)
         if m is None:
             return False
         pos = m.end()

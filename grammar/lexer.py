@@ -12,7 +12,6 @@ import re
 
 from .arguments import GO_SPACE, parse_json_array, split_command
 from .errors import RecipeSyntaxError
-from .heredoc import heredocs_in
 from .record import record
 from .source import Span
 from .syntax import Heredoc
@@ -137,6 +136,8 @@ class _Scan:
             word, rest = self._instruction(line, segments, batch)
             original = line
             if "<<" in line and word in _HEREDOC_TARGETS and not _is_json(word, rest):
+                from .heredoc import heredocs_in  # only recipes with heredocs pay for it
+
                 try:
                     heredocs = heredocs_in(line)
                 except RecipeSyntaxError as exc:
