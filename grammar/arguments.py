@@ -11,10 +11,11 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
+from .blanks import GO_SPACE
 from .errors import RecipeSyntaxError
+from .jsonarray import parse_json_array
 
 __all__ = [
-    "GO_SPACE",
     "Arguments",
     "dispatch",
     "extract_flags",
@@ -23,18 +24,11 @@ __all__ = [
     "split_command",
 ]
 
-# Go's unicode.IsSpace: the White_Space property. Python's str.isspace() also
-# counts \x1c-\x1f, which Go does not, so the set is spelled out.
-GO_SPACE = (
-    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005"
-    "\u2006\u2007\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
-)
 # unicode.IsSpace applied to a single byte, as extractBuilderFlags does.
 _BYTE_SPACE = frozenset("\t\n\v\f\r \x85\xa0")
 _ASCII_BLANKS = re.compile(r"[\t\v\f\r ]+")
 _SIMPLE_FLAG = re.compile("--[^\t\n\v\f\r \x85\xa0'\"\\\\]*")
 
-NOT_STRING_ARRAY = "when using JSON array syntax, arrays must be comprised of strings only"
 
 
 # Values of one instruction as BuildKit's node chain holds them, and whether
@@ -229,114 +223,6 @@ def _parse_words_slowly(rest: str, escape: str) -> list[str]:
     if in_word and (blank_ok or word):
         words.append("".join(word))
     return words
-
-
-# Arrays of plain strings (no escapes) are decoded here; anything else goes to
-# the json module, which `pybuild parse` would otherwise import for nothing.
-_PLAIN_ARRAY = re.compile(
-    r'\[[ \t\n\r]*(?:"[^"\\\x00-\x1f]*"(?:[ \t\n\r]*,[ \t\n\r]*"[^"\\\x00-\x1f]*")*[ \t\n\r]*)?\]'
-)
-_PLAIN_STRING = re.compile(r'"([^"\\\x00-\x1f]*)"')
-
-
-def parse_json_array(rest: str) -> list[str] | None:
-    """The strings of a JSON array at the start of `rest`, or None if it is not one.
-
-    Go's json.Decoder reads one value and ignores what follows it. A valid
-    array holding anything but strings is a syntax error (NOT_STRING_ARRAY).
-    """
-    text = rest.lstrip(GO_SPACE)
-    if not text.startswith("["):
-        return None
-    plain = _PLAIN_ARRAY.match(text)
-    if plain is not None:
-        return _PLAIN_STRING.findall(plain.group())
-    return _decode_json_array(text)
-
-
-class _Reject(Exception):
-    """A JSON document Go's decoder would refuse (NaN, number out of range)."""
-
-
-def _go_number(text: str) -> float:
-    value = float(text)
-    if value in (float("inf"), float("-inf")):
-        raise _Reject(text)
-    return value
-
-
-def _reject_constant(text: str) -> float:
-    raise _Reject(text)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def _decode_json_array(text: str) -> list[str] | None:
-    import json
-
-    decoder = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_go_number, parse_int=_go_number)
-    try:
-        value, _ = decoder.raw_decode(text)
-    except (ValueError, _Reject):
-        return None
-    except RecursionError:
-        if _nested_json_is_valid(text):
-            raise RecipeSyntaxError(NOT_STRING_ARRAY) from None
-        return None
-    for item in value:
-        if not isinstance(item, str):
-            raise RecipeSyntaxError(NOT_STRING_ARRAY)
-    if any(_SURROGATE.search(item) for item in value):
-        # Go decodes an unpaired surrogate escape to U+FFFD.
-        value = [_SURROGATE.sub("\ufffd", item) for item in value]
-    return value
-
-
-@lru_cache(maxsize=1)
-def _json_token() -> re.Pattern[str]:
-    return re.compile(
-        r'[ \t\n\r]*(?:(?P<open>[\[{])|(?P<close>[\]}])|(?P<sep>[,:])|'
-        r'(?P<scalar>"(?:[^"\\\x00-\x1f]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*"'
-        r"|-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?|true|false|null))"
-    )
-
-
-def _nested_json_is_valid(text: str, max_depth: int = 10000) -> bool:
-    """Whether one JSON value starts `text`, with Go's nesting limit of 10000.
-
-    Only reached for arrays nested too deeply for Python's recursive decoder;
-    the grammar is checked loosely (token order), which is all Go reports on.
-    """
-    token = _json_token()
-    stack: list[str] = []
-    pos = 0
-    expect_value = True
-    while True:
-        m = token.match(text, pos)
-        if m is None:
-            return False
-        pos = m.end()
-        if m.group("open"):
-            if not expect_value or len(stack) >= max_depth:
-                return False
-            stack.append("]" if m.group("open") == "[" else "}")
-            continue
-        if m.group("close"):
-            if not stack or stack.pop() != m.group("close"):
-                return False
-            expect_value = False
-        elif m.group("sep"):
-            if expect_value:
-                return False
-            expect_value = True
-            continue
-        else:
-            if not expect_value:
-                return False
-            expect_value = False
-        if not stack:
-            return True
 
 
 # --- one function per instruction kind; each takes (rest, escape) -----------

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from .arguments import GO_SPACE
+from .blanks import GO_SPACE
 from .errors import ExpansionError, RecipeSyntaxError
 from .syntax import Heredoc
 

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 import re
 
-from .arguments import GO_SPACE, parse_json_array, split_command
+from .arguments import split_command
+from .blanks import GO_SPACE
+from .jsonarray import parse_json_array
 from .errors import RecipeSyntaxError
 from .record import record
 from .source import Span
-from .syntax import Heredoc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
+
+    from .syntax import Heredoc
 
 __all__ = ["MAX_LINE_BYTES", "Token", "tokenize"]
 
@@ -73,9 +76,8 @@ class _Scan:
 
     def __init__(self, text: str) -> None:
         lines = text.split("\n")
-        self.final_newline = lines[-1] == ""
-        if self.final_newline:
-            lines.pop()
+        if lines[-1] == "":
+            lines.pop()  # the text ended with a newline
         self.too_long_at = 0
         # A character is at most 4 bytes: only long lines need encoding.
         if lines and max(map(len, lines)) > MAX_LINE_BYTES // 4:

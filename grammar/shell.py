@@ -8,6 +8,8 @@ not a shell: no command substitution, arithmetic, globbing, `${#VAR}` or `${VAR:
 from __future__ import annotations
 
 import re
+
+from .blanks import GO_SPACE
 from .errors import ExpansionError
 from .record import record
 
@@ -19,11 +21,9 @@ __all__ = ["ShellLexer"]
 
 _MAX_DEPTH = 64
 _SPECIAL_PARAMS = frozenset("@*#?-$!")  # and $0, which is read as a run of digits
-# Go's unicode.IsSpace; str.isspace() would also split on \x1c-\x1f.
-_SPACES = "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-_SPACES += "\u2028\u2029\u202f\u205f\u3000"
-_BLANKS = re.compile(f"[{_SPACES}]+")
-_FIELDS = re.compile(f"[^{_SPACES}]+")
+
+_BLANKS = re.compile(f"[{GO_SPACE}]+")
+_FIELDS = re.compile(f"[^{GO_SPACE}]+")
 _NEEDS_LEXING = {"\\": re.compile(r"[$'\"\\]|^\ufeff"), "`": re.compile(r"[$'\"`]|^\ufeff")}
 _NEEDS_SPLITTING = {esc: re.compile(f"{regex.pattern}|<<[ \t\r]") for esc, regex in _NEEDS_LEXING.items()}
 _MISSING_BRACE = "syntax error: missing '}'"

@@ -12,7 +12,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from grammar import arguments, heredoc
+from grammar import arguments, heredoc, jsonarray
 from grammar.shell import ShellLexer
 
 _WORDS_TEXT = st.text(alphabet=st.sampled_from(list("ab=\"' \\`\t\u00a0x$")), max_size=16)
@@ -55,4 +55,4 @@ _JSON_ITEM = st.text(alphabet=st.characters(max_codepoint=0x2030), max_size=6)
 @given(items=st.lists(_JSON_ITEM, max_size=4), spacing=st.sampled_from(["", " ", "\t", "\n "]), tail=st.sampled_from(["", " x", "]"]))
 def test_plain_json_arrays_decode_as_json_does(items: list[str], spacing: str, tail: str) -> None:
     text = "[" + spacing + ("," + spacing).join(json.dumps(i) for i in items) + spacing + "]" + tail
-    assert arguments.parse_json_array(text) == arguments._decode_json_array(text) == items
+    assert jsonarray.parse_json_array(text) == jsonarray._decode_json_array(text) == items
