@@ -6,15 +6,20 @@
 2. Round trip: for generated valid recipes, `parse(canonical(r))` equals `r`
    up to spans and `Recipe.source`, `canonical` is idempotent and the number
    of instructions is preserved.
-3. Examples: tricky round-trip shapes, inputs that must not crash, and one
-   test per bug found in grammar/ (these fail until grammar/ is fixed; the
-   property tests above fail on some of the same bugs).
+3. Examples: tricky round-trip shapes, and regression tests for the bugs in
+   grammar/ that these properties found (each group says what went wrong).
+
+Every parse runs under a time limit, so a hang or catastrophic regex
+backtracking fails the test instead of stalling the suite.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import string
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -35,6 +40,7 @@ from grammar import (
 from grammar.canonical import canonical
 
 NAME = "Recipefile"
+TIME_LIMIT = 3.0  # seconds for one parse of one input; the slowest legitimate input here takes ~0.2 s
 
 # ---------------------------------------------------------------------------
 # helpers
@@ -52,6 +58,29 @@ def strip_spans(value: object) -> object:
         items = [strip_spans(item) for item in value]
         return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
     return value
+
+
+class TooSlow(AssertionError):
+    """A parse ran past TIME_LIMIT: a hang or catastrophic backtracking, not a slow machine."""
+
+
+@contextmanager
+def time_limit(what: object) -> Iterator[None]:
+    """Fail (instead of hanging the suite) when the body runs longer than TIME_LIMIT."""
+    if not hasattr(signal, "setitimer"):  # not on Windows
+        yield
+        return
+
+    def expire(signum: int, frame: object) -> None:
+        raise TooSlow(f"took more than {TIME_LIMIT} s: {what!r:.300}")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, TIME_LIMIT)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def instruction_count(recipe: Recipe) -> int:
@@ -72,7 +101,8 @@ def _check_error(exc: RecipeError) -> None:
 def check_robust(data: str | bytes) -> None:
     """Both parsers either return or raise a RecipeError, for any input."""
     try:
-        tree = parse_syntax(data, NAME)
+        with time_limit(data):
+            tree = parse_syntax(data, NAME)
     except RecipeError as exc:
         _check_error(exc)
         syntax_ok = False
@@ -81,7 +111,8 @@ def check_robust(data: str | bytes) -> None:
         to_json(tree)
         syntax_ok = True
     try:
-        recipe = parse(data, NAME)
+        with time_limit(data):
+            recipe = parse(data, NAME)
     except RecipeError as exc:
         _check_error(exc)
     else:
@@ -92,10 +123,12 @@ def check_robust(data: str | bytes) -> None:
 
 def check_round_trip(data: str | bytes, count: int | None = None) -> None:
     """parse(canonical(r)) == r up to spans; canonical is idempotent; instruction count kept."""
-    recipe = parse(data, NAME)
+    with time_limit(data):
+        recipe = parse(data, NAME)
     text = canonical(recipe)
     try:
-        again = parse(text, NAME)
+        with time_limit(text):
+            again = parse(text, NAME)
     except RecipeError as exc:
         raise AssertionError(f"canonical text does not parse: {exc}\n--- canonical text ---\n{text}") from exc
     assert strip_spans(again) == strip_spans(recipe), f"round trip changed the recipe\n--- canonical text ---\n{text}"
@@ -201,7 +234,7 @@ def test_any_text(text: str) -> None:
 @given(nasty_text)
 def test_text_with_control_and_astral_characters(text: str) -> None:
     check_robust(text)
-    check_robust(("FROM busybox\nRUN " + text).encode("utf-8"))
+    check_robust(("FROM busybox\nRUN " + text).encode("utf-8", "surrogatepass"))  # lone surrogates: invalid UTF-8
 
 
 @settings(ROBUST, max_examples=200)
@@ -243,7 +276,8 @@ def test_fragments_after_from_round_trip_when_accepted(text: str, as_bytes: bool
     """Whatever the fuzzer manages to get accepted must also round-trip through canonical."""
     data = "FROM busybox AS base\n" + text
     try:
-        parse(data, NAME)
+        with time_limit(data):
+            parse(data, NAME)
     except RecipeError:
         return
     check_round_trip(data.encode("utf-8") if as_bytes else data)
@@ -306,7 +340,8 @@ def dashed(text: str) -> str:
 
 @st.composite
 def shell_text(draw: st.DrawFn, ctx: Ctx) -> str:
-    """Shell-form text as the typed layer keeps it: no surrounding blanks, no final escape, no `<<`."""
+    """Shell-form text as the typed layer keeps it: no surrounding blanks, no `<<`, no escape
+    character at the end unless a Go-only blank follows it (see `odd_end`)."""
     text = " ".join(draw(st.lists(shell_atom, min_size=1, max_size=6)))
     if text.endswith(ctx.escape):
         text += " x"  # would continue the line
@@ -599,7 +634,9 @@ def copy_or_add(draw: st.DrawFn, ctx: Ctx, *, heredocs: bool = True) -> tuple[st
 @st.composite
 def onbuild(draw: st.DrawFn, ctx: Ctx) -> tuple[str, str]:
     inner, bodies = draw(st.one_of(run(ctx), copy_or_add(ctx), env_or_label(ctx), cmd_or_entrypoint(ctx)))
-    return draw(random_case("onbuild")) + draw(SEP) + inner, bodies
+    # `ONBUILD -- RUN x`: the `--` ends ONBUILD's (empty) flags and stays in the expression
+    dashes = "--" + draw(SEP) if draw(st.integers(0, 7)) == 4 else ""
+    return draw(random_case("onbuild")) + draw(SEP) + dashes + inner, bodies
 
 
 def body_instruction(ctx: Ctx) -> st.SearchStrategy[tuple[str, str]]:
@@ -625,7 +662,6 @@ def split_lines(draw: st.DrawFn, line: str, ctx: Ctx) -> str:
         out.append(draw(st.sampled_from(["", "", "", "# comment inside\n", "\n", "   \n", "  # indented\n"])))
         last = cut
     return "".join(out) + line[last:]
-
 
 
 @st.composite
@@ -668,6 +704,7 @@ ROUND_TRIP = settings(
 @ROUND_TRIP
 @given(valid_recipes())
 def test_generated_recipes_are_valid(case: tuple[str | bytes, int]) -> None:
+    """Guards the generator itself: what it writes parses, into as many instructions as it wrote."""
     data, count = case
     recipe = parse(data, NAME)
     assert instruction_count(recipe) == count
@@ -722,7 +759,11 @@ def test_round_trip_examples(text: str) -> None:
     check_round_trip(text)
 
 
-# Inputs that once crashed or are easy to get wrong: each must return or raise a RecipeError.
+# Inputs that once crashed or hung: each must return or raise a RecipeError, in time.
+# int() of more than 4300 digits raised ValueError; lone surrogates raised
+# UnicodeEncodeError (flags and HEALTHCHECK are scanned as UTF-8 bytes); ARG,
+# ENV and LABEL words with an unterminated quote sent a nested-quantifier regex
+# into exponential backtracking (16 letters: 1.5 s, 20 letters: over a minute).
 ROBUST_EXAMPLES = {
     "heredoc fd past int() digit limit": "FROM a\nRUN " + "9" * 4400 + "<<EOF cat\nx\nEOF\n",
     "--retries past int() digit limit": "FROM a\nHEALTHCHECK --retries=" + "9" * 4400 + " CMD true\n",
@@ -738,6 +779,12 @@ ROBUST_EXAMPLES = {
     "heredoc at end of file": "FROM a\nRUN <<EOF",
     "continuation at end of file": "FROM a\nRUN x \\",
     "escape directive only": "# escape=`\n",
+    # words with an unterminated quote (ARG, ENV, LABEL split words keeping quotes)
+    "ARG word then unterminated '": "ARG " + "a" * 40 + "'\n",
+    "ARG words then unterminated '": "ARG " + "a b " * 20 + "'\n",
+    'ENV value then unterminated "': "FROM a\nENV k=" + "a" * 40 + '"\n',
+    "LABEL value then unterminated '": "FROM a\nLABEL k=v " + "x" * 40 + "'\n",
+    "ARG with backtick escape": "# escape=`\nARG " + "a`b" * 20 + "'\n",
 }
 
 
@@ -747,11 +794,12 @@ def test_robust_examples(text: str) -> None:
 
 
 # ---------------------------------------------------------------------------
-# round-trip shapes canonical gets wrong (found by the properties above)
+# regression tests: round-trip shapes canonical got wrong (found by the properties above)
 
-# canonical writes `-- ` only before shell-form commands; every other first
-# argument that starts with `--` comes back as a flag (and HEALTHCHECK CMD,
-# where no flags are read, gets an extra `-- `).
+# canonical wrote `-- ` only before shell-form commands, so every other first
+# argument starting with `--` came back as a flag (HEALTHCHECK CMD, where no
+# flags are read, gained an extra `-- `); once that was generalised,
+# `ONBUILD -- RUN x` got a second `--` and no longer parsed.
 LEADING_DASHES = {
     "HEALTHCHECK CMD": "FROM a\nHEALTHCHECK CMD --x\n",
     "USER": "FROM a\nUSER -- --u\n",
@@ -768,6 +816,7 @@ LEADING_DASHES = {
     "COPY after --": "FROM a\nCOPY -- --a /d\n",
     "ADD json": 'FROM a\nADD ["--a", "/d"]\n',
     "FROM": "FROM -- --$IMAGE\n",
+    "ONBUILD expression after --": "FROM a\nONBUILD -- RUN x\n",
 }
 
 
@@ -778,9 +827,9 @@ def test_round_trip_first_argument_starting_with_dashes(text: str) -> None:
 
 # An argument may end with the escape character when the line has a Go-only blank
 # after it (`\u3000`, `\xa0`, `\x85`, `\v`, `\f`): BuildKit trims the blank but
-# does not see a continuation. canonical writes the argument at the end of its
-# line, where the escape character now continues the line into the next
-# instruction (which disappears: the instruction count changes too).
+# does not see a continuation. canonical wrote the argument at the end of its
+# line, where the escape character then continued the line into the next
+# instruction (which disappeared: the instruction count changed too).
 TRAILING_ESCAPE = {
     "RUN": "FROM a\nRUN echo x\\\u3000\nUSER after\n",
     "CMD": "FROM a\nCMD echo x\\\xa0\nUSER after\n",
@@ -805,7 +854,7 @@ def test_round_trip_argument_ending_with_the_escape_character(text: str) -> None
 
 @pytest.mark.parametrize("text", ['FROM a\nCOPY ["<<EOF", "/d"]\n', 'FROM a\nADD ["3<<x", "/d"]\n'])
 def test_round_trip_json_source_that_looks_like_a_heredoc(text: str) -> None:
-    # canonical writes the JSON array as plain words, and `<<EOF` then announces a heredoc
+    # canonical wrote the JSON array as plain words, and `<<EOF` then announced a heredoc
     check_round_trip(text)
 
 
@@ -819,8 +868,9 @@ def test_round_trip_json_source_that_looks_like_a_heredoc(text: str) -> None:
     ],
 )
 def test_non_ascii_flag_values(text: str, field: str, expected: str) -> None:
-    # Flag values are read byte-wise (as BuildKit does) but never decoded back from
-    # those bytes: `josé` arrives as `josÃ©`.
+    # Flag values are scanned byte by byte (as BuildKit does) and were not decoded
+    # back: `josé` arrived as `josÃ©`. canonical must also quote such values, as
+    # `à` holds a 0xA0 byte, which ends an unquoted flag word.
     instruction = parse(text, NAME).stages[0].instructions[0]
     assert getattr(instruction, field) == expected
     check_round_trip(text)
