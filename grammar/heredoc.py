@@ -24,11 +24,15 @@ _HEREDOC_WORD = re.compile(r"(\d*)<<(-?)([^<]*)", re.ASCII)
 _SPACE = "".join(f"\\u{ord(c):04x}" for c in GO_SPACE)
 # A word of the shell lexer's raw mode, for text without `$` and `\`: quotes
 # kept and atomic, and `<<` keeps the blanks after it (BuildKit 0.22+).
-# Possessive quantifiers: a failed match must not backtrack exponentially.
-_RAW_WORD = rf"(?:[^{_SPACE}'\"<]++|<<[ \t\r]*+|<|'[^']*+'|\"[^\"]*+\")++"
-_RAW_WORDS = re.compile(_RAW_WORD)
-_RAW_LINE = re.compile(rf"[{_SPACE}]*+(?:{_RAW_WORD}[{_SPACE}]*+)*+")
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
+
+
+@lru_cache(maxsize=1)  # compiled on first use: most recipes have no heredoc
+def _raw_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """(one word, a whole line of words), possessive so a failed match cannot
+    backtrack exponentially."""
+    word = rf"(?:[^{_SPACE}'\"<]++|<<[ \t\r]*+|<|'[^']*+'|\"[^\"]*+\")++"
+    return re.compile(word), re.compile(rf"[{_SPACE}]*+(?:{word}[{_SPACE}]*+)*+")
 
 
 def heredocs_in(line: str) -> list[Heredoc]:
@@ -36,14 +40,17 @@ def heredocs_in(line: str) -> list[Heredoc]:
 
     RecipeSyntaxError (without location) where BuildKit fails on a delimiter.
     """
+    raw_word, raw_line = _raw_patterns()
     if "$" in line or "\\" in line or "\ufeff" in line:
         words = _lexed_words(line)
-    elif _RAW_LINE.fullmatch(line):
-        words = _RAW_WORDS.findall(line)
+    elif raw_line.fullmatch(line):
+        words = raw_word.findall(line)
     else:
         return []  # an unterminated quote: BuildKit ignores the line
     docs = []
     for word in words:
+        if "<<" not in word:
+            continue
         m = _HEREDOC_WORD.fullmatch(word)
         if m is None or not m.group(3):
             continue

@@ -14,14 +14,15 @@ from .arguments import split_command
 from .blanks import GO_SPACE
 from .jsonarray import parse_json_array
 from .errors import RecipeSyntaxError
+from .heredoc import heredocs_in
 from .record import record
 from .source import Span
+
+from .syntax import Heredoc
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Iterator
-
-    from .syntax import Heredoc
 
 __all__ = ["MAX_LINE_BYTES", "Token", "tokenize"]
 
@@ -116,38 +117,21 @@ class _Scan:
             segments = [(0, i, len(raw) - len(token) - (len(raw) - len(raw.rstrip("\r")) if cr else 0) + 1)]
             if token[-1] in " \t" or token[-1] == escape:
                 line, more = self._continued(token)
+                if more:
+                    line, i = self._join(line, i, segments)
             else:  # the usual last character: no continuation
-                line, more = token, False
-            parts = [line]
-            size = len(line)
-            while more and i < count:
-                raw = lines[i]
-                i += 1
-                if raw.lstrip(GO_SPACE)[:1] == "#":
-                    continue
-                piece = raw.rstrip("\r")
-                if not piece.strip(GO_SPACE):
-                    continue
-                piece, more = self._continued(piece)
-                segments.append((size, i, 1))
-                parts.append(piece)
-                size += len(piece)
-            if len(parts) > 1:
-                line = "".join(parts)
+                line = token
             batch: list[Token] = []
             word, rest = self._instruction(line, segments, batch)
             original = line
             if "<<" in line and word in _HEREDOC_TARGETS and not _is_json(word, rest):
-                from .heredoc import heredocs_in  # only recipes with heredocs pay for it
-
                 try:
                     heredocs = heredocs_in(line)
                 except RecipeSyntaxError as exc:
                     raise exc.with_span(Span("", start, 1, i, 1 << 30)) from None
                 if heredocs:
-                    i = self._heredoc_bodies(heredocs, i, start, batch)
-                    bodies = [t.data for t in batch if t.type == "HEREDOC"]
-                    original = line + "\n" + "".join(f"{h.content}{h.name}\n" for h in bodies)
+                    i, bodies = self._heredoc_bodies(heredocs, i, start, batch)
+                    original = line + "\n" + "".join([f"{h.content}{h.name}\n" for h in bodies])
             batch.append(tuple.__new__(Token, ("EOL", original, start, 1, i, 1, self.escape)))
             yield batch
             instructions += 1
@@ -155,6 +139,27 @@ class _Scan:
             raise _error("file with no instructions", max(count, 1), hint="a recipe starts with FROM IMAGE")
         if self.too_long_at:
             raise _error(f"dockerfile line greater than max allowed size of {MAX_LINE_BYTES}", self.too_long_at)
+
+    def _join(self, line: str, i: int, segments: list[tuple[int, int, int]]) -> tuple[str, int]:
+        """The logical line continued from `line` over the lines from index `i` on,
+        and the index after it; records where each piece came from in `segments`."""
+        lines, count = self.lines, len(self.lines)
+        parts = [line]
+        size = len(line)
+        more = True
+        while more and i < count:
+            raw = lines[i]
+            i += 1
+            if raw.lstrip(GO_SPACE)[:1] == "#":
+                continue  # comment lines vanish inside a continuation
+            piece = raw.rstrip("\r")
+            if not piece.strip(GO_SPACE):
+                continue  # so do blank ones (BuildKit warns)
+            piece, more = self._continued(piece)
+            segments.append((size, i, 1))
+            parts.append(piece)
+            size += len(piece)
+        return "".join(parts), i
 
     def _continued(self, line: str) -> tuple[str, bool]:
         """Strip a trailing continuation character; True when the line continues."""
@@ -213,8 +218,12 @@ class _Scan:
         # BuildKit looks through one ONBUILD only.
         return levels[1] if levels[0][0] == "onbuild" and len(levels) > 1 else levels[0]
 
-    def _heredoc_bodies(self, heredocs: list[Heredoc], i: int, start: int, out: list[Token]) -> int:
-        """Append HEREDOC tokens for the lines after index `i`; return the index after them."""
+    def _heredoc_bodies(
+        self, heredocs: list[Heredoc], i: int, start: int, out: list[Token]
+    ) -> tuple[int, list[Heredoc]]:
+        """Append HEREDOC tokens for the lines after index `i`; return the index after them
+        and the heredocs with their bodies."""
+        bodies = []
         for doc in heredocs:
             end = self._terminator(doc, i)
             if end < 0:
@@ -227,10 +236,11 @@ class _Scan:
                 )
             body = self.lines[i:end]
             content = "\n".join(body) + "\n" if body else ""
-            full = doc._replace(content=content)
+            full = tuple.__new__(Heredoc, (*doc[:4], content))  # doc with its body; no _replace: hot path
+            bodies.append(full)
             out.append(tuple.__new__(Token, ("HEREDOC", content, i + 1, 1, end + 1, 1, full)))
             i = end + 1
-        return i
+        return i, bodies
 
     def _terminator(self, doc: Heredoc, i: int) -> int:
         """Index of the line that ends heredoc `doc`, searching from `i`; -1 if none."""

@@ -28,14 +28,16 @@ def test_parse_words_fast_path(text: str, escape: str) -> None:
 @settings(max_examples=3000, deadline=None)
 @given(line=_LINE_TEXT)
 def test_heredoc_words_fast_path(line: str) -> None:
-    fast = heredoc._RAW_WORDS.findall(line) if heredoc._RAW_LINE.fullmatch(line) else []
+    word, whole = heredoc._raw_patterns()
+    fast = word.findall(line) if whole.fullmatch(line) else []
     assert fast == heredoc._lexed_words(line)
 
 
 @settings(max_examples=3000, deadline=None)
 @given(tail=st.text(alphabet=st.sampled_from(list("ab '\"\t\r-xE")), min_size=1, max_size=8))
 def test_heredoc_delimiter_fast_path(tail: str) -> None:
-    words = heredoc._RAW_WORDS.findall("<<" + tail) if heredoc._RAW_LINE.fullmatch("<<" + tail) else []
+    word, whole = heredoc._raw_patterns()
+    words = word.findall("<<" + tail) if whole.fullmatch("<<" + tail) else []
     match = heredoc._HEREDOC_WORD.fullmatch(words[0]) if words else None
     if match is None or not match.group(3):
         return
