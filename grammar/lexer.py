@@ -45,7 +45,7 @@ class Token:
     """One token for the recipe.lark parser; 1-based positions.
 
     `data` carries what a string cannot: the escape character on EOL, the
-    `Heredoc` on HEREDOC.
+    `Heredoc`s on HEREDOCS.
     """
 
     type: str
@@ -130,8 +130,11 @@ class _Scan:
                 except RecipeSyntaxError as exc:
                     raise exc.with_span(Span("", start, 1, i, 1 << 30)) from None
                 if heredocs:
-                    i, bodies = self._heredoc_bodies(heredocs, i, start, batch)
-                    original = line + "\n" + "".join([f"{h.content}{h.name}\n" for h in bodies])
+                    first = i + 1
+                    i, bodies = self._heredoc_bodies(heredocs, i, start)
+                    texts = "".join([f"{h.content}{h.name}\n" for h in bodies])
+                    original = line + "\n" + texts
+                    batch.append(tuple.__new__(Token, ("HEREDOCS", texts, first, 1, i, 1, bodies)))
             batch.append(tuple.__new__(Token, ("EOL", original, start, 1, i, 1, self.escape)))
             yield batch
             instructions += 1
@@ -218,10 +221,8 @@ class _Scan:
         # BuildKit looks through one ONBUILD only.
         return levels[1] if levels[0][0] == "onbuild" and len(levels) > 1 else levels[0]
 
-    def _heredoc_bodies(
-        self, heredocs: list[Heredoc], i: int, start: int, out: list[Token]
-    ) -> tuple[int, list[Heredoc]]:
-        """Append HEREDOC tokens for the lines after index `i`; return the index after them
+    def _heredoc_bodies(self, heredocs: list[Heredoc], i: int, start: int) -> tuple[int, tuple[Heredoc, ...]]:
+        """Read the bodies of `heredocs` from line index `i` on: the index after them,
         and the heredocs with their bodies."""
         bodies = []
         for doc in heredocs:
@@ -238,9 +239,8 @@ class _Scan:
             content = "\n".join(body) + "\n" if body else ""
             full = tuple.__new__(Heredoc, (*doc[:4], content))  # doc with its body; no _replace: hot path
             bodies.append(full)
-            out.append(tuple.__new__(Token, ("HEREDOC", content, i + 1, 1, end + 1, 1, full)))
             i = end + 1
-        return i, bodies
+        return i, tuple(bodies)
 
     def _terminator(self, doc: Heredoc, i: int) -> int:
         """Index of the line that ends heredoc `doc`, searching from `i`; -1 if none."""

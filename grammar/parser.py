@@ -136,7 +136,7 @@ def _onbuild(children: list) -> tuple:
 
 def _line(children: list) -> SyntaxNode:
     partial, end = children[0], children[-1]
-    heredocs = tuple([h.data for h in children[1:-1]]) if len(children) > 2 else ()
+    heredocs = children[1].data if len(children) == 3 else ()
     if partial[3] is None:
         return _node(partial, None, end, heredocs)
     chain = []
