@@ -1,109 +1,30 @@
-"""The `pybuild` command: argument parsing, error rendering, exit codes.
+"""The `pybuild` command: global options, dispatch, error rendering, exit codes.
 
-Each command registers a `Command` (help line, argument setup, action). Only
-the chosen command's parser is built and only its modules are imported, so
-`pybuild parse` does not pay for the rest: it must run within three
-interpreter start-up times.
+Commands live in builder.commands, imported only when they run: `pybuild
+parse` must finish within three interpreter start-up times.
 
-Exit codes: 0 ok, 1 a build step failed, 2 usage or recipe error, 3 store
-integrity error, 4 environment (namespaces, overlay), 70 internal error
-(traceback only with --debug), 130 interrupted.
+Exit codes: 0 ok, 1 a build step failed, 2 usage, recipe or store error
+(no such image, bad reference, unsafe archive), 3 store integrity error
+(bytes that do not match their digest), 4 environment (namespaces, overlay),
+70 internal error (traceback only with --debug), 130 interrupted.
 """
 
 from __future__ import annotations
 
 import sys
 
-from .argv import HelpRequested, Option, Positional, Spec, UsageError, parse_args
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from collections.abc import Callable
+from .argv import HelpRequested, UsageError, parse_args
+from .commands import COMMANDS
 
 __all__ = ["main"]
 
 EXIT_OK = 0
 EXIT_USAGE = 2
+EXIT_INTEGRITY = 3
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
-
-class Command:
-    """A subcommand: its options (`spec`) and `run(args)`, which returns an exit code."""
-
-    def __init__(self, spec: Spec, run: Callable[[dict[str, object]], int]) -> None:
-        self.spec = spec
-        self.run = run
-
-
-# ---- pybuild parse -----------------------------------------------------------
-
-_PARSE = Spec(
-    "pybuild parse",
-    "check a recipe and print its stages, or its syntax tree with --json",
-    [
-        Option(
-            "--json",
-            help="print the syntax tree as BuildKit's parser builds it (one object per instruction), "
-            "without pybuild's own checks",
-        )
-    ],
-    [Positional("file", help="the recipe to parse (- for standard input)")],
-)
-
-
-def _run_parse(args: dict[str, object]) -> int:
-    import grammar
-
-    name, data = _read_recipe(str(args["file"]))
-    if args["json"]:
-        import json
-
-        tree = grammar.parse_syntax(data, name)
-        json.dump(grammar.to_json(tree), sys.stdout, ensure_ascii=False, indent=2)
-        sys.stdout.write("\n")
-        return EXIT_OK
-    _print_summary(grammar.parse(data, name))
-    return EXIT_OK
-
-
-def _read_recipe(path: str) -> tuple[str, bytes]:
-    if path == "-":
-        return "<stdin>", sys.stdin.buffer.read()
-    with open(path, "rb") as f:
-        return path, f.read()
-
-
-def _print_summary(recipe: object) -> None:
-    from grammar.canonical import instruction_text
-
-    stages = recipe.stages  # type: ignore[attr-defined]
-    count = len(recipe.global_args) + sum(1 + len(s.instructions) for s in stages)  # type: ignore[attr-defined]
-    out = [f"{recipe.source.name}: {len(stages)} stage{'s' * (len(stages) != 1)}, {count} instructions"]  # type: ignore[attr-defined]
-    for directive in recipe.directives:  # type: ignore[attr-defined]
-        out.append(f"  directive {directive.name}={directive.value}")
-    for arg in recipe.global_args:  # type: ignore[attr-defined]
-        out.append(f"{arg.span.line:6d}  {_first_line(instruction_text(arg))}   (global)")
-    for stage in stages:
-        out.append(f'stage {stage.index} "{stage.name}"' if stage.name else f"stage {stage.index}")
-        for instruction in (stage.base, *stage.instructions):
-            out.append(f"{instruction.span.line:6d}  {_first_line(instruction_text(instruction))}")
-    print("\n".join(out))
-
-
-def _first_line(text: str) -> str:
-    head, newline, rest = text.partition("\n")
-    return f"{head}  [+{rest.count(chr(10)) + 1} heredoc lines]" if newline else head
-
-
-COMMANDS: dict[str, Command] = {
-    "parse": Command(_PARSE, _run_parse),
-}
-
-
-# ---- entry point ---------------------------------------------------------------------
-
-_USAGE = """usage: pybuild [--debug] COMMAND [ARGS...]
+_USAGE = """usage: pybuild [--debug] [--store DIR] COMMAND [ARGS...]
 
 pybuild: a daemonless image builder for Dockerfile-style recipes.
 
@@ -111,9 +32,11 @@ commands:
 {commands}
 
 options:
-  -h, --help   show this help and exit
-  --version    show the version and exit
-  --debug      show a traceback for internal errors
+  -h, --help     show this help and exit
+  --version      show the version and exit
+  --store DIR    the image store (default: $PYBUILD_STORE, /var/lib/pybuild for
+                 root, else $XDG_DATA_HOME/pybuild or ~/.local/share/pybuild)
+  --debug        show a traceback for internal errors
 
 Run `pybuild COMMAND --help` for a command's options."""
 
@@ -121,10 +44,15 @@ Run `pybuild COMMAND --help` for a command's options."""
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = False
+    store = None
     while argv and argv[0].startswith("-"):
         option = argv.pop(0)
         if option == "--debug":
             debug = True
+        elif option == "--store" or option.startswith("--store="):
+            store = option.partition("=")[2] or (argv.pop(0) if argv else "")
+            if not store:
+                return _usage_error("option --store needs a directory")
         elif option in ("-h", "--help"):
             print(_usage())
             return EXIT_OK
@@ -147,8 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"{command.spec.usage()}\n{command.spec.prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if store is not None and not args.get("store"):
+        args["store"] = store
+    from .console import Console
+
     try:
-        return command.run(args)
+        return command.run(args, Console())
     except KeyboardInterrupt:
         print("pybuild: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -160,6 +92,13 @@ def _report(exc: BaseException, debug: bool) -> int:
     grammar_errors = sys.modules.get("grammar.errors")
     if grammar_errors is not None and isinstance(exc, grammar_errors.RecipeError):
         print(exc.render(), file=sys.stderr)
+        return EXIT_USAGE
+    store_errors = sys.modules.get("store.errors")
+    if store_errors is not None and isinstance(exc, store_errors.StoreError):
+        print(f"pybuild: error: {exc}", file=sys.stderr)
+        if isinstance(exc, store_errors.IntegrityError):
+            print("  hint: run `pybuild store verify` to check the whole store", file=sys.stderr)
+            return EXIT_INTEGRITY
         return EXIT_USAGE
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""

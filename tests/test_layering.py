@@ -20,7 +20,7 @@ FORBIDDEN = {"grammar": {"builder", "store"}, "store": {"builder", "grammar"}, "
 CONFINED = {
     "lark": {"grammar/compile_tables.py"},
     "zstandard": {"store/compression.py"},
-    "tqdm": {"builder/cli.py"},
+    "tqdm": {"builder/console.py"},
     "cryptography": {"store/signing.py"},
     "pytest": set(),
     "hypothesis": set(),

@@ -12,6 +12,7 @@ import pytest
 
 import grammar
 from builder import cli
+from builder.commands import Command
 from tests.support import FIXTURES, REPO
 
 RECIPE = FIXTURES / "recipes" / "real" / "python-app.Dockerfile"
@@ -75,11 +76,12 @@ def test_help_lists_commands() -> None:
     assert "  parse  " in result.stdout
 
 
-def test_internal_errors_exit_70_and_hide_the_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    def broken(args: object) -> int:
-        raise RuntimeError("boom")
+def broken(args: object, console: object) -> int:
+    raise RuntimeError("boom")
 
-    monkeypatch.setitem(cli.COMMANDS, "parse", cli.Command(cli.COMMANDS["parse"].spec, broken))
+
+def test_internal_errors_exit_70_and_hide_the_traceback(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setitem(cli.COMMANDS, "parse", Command(cli.COMMANDS["parse"].spec, "tests.builder.test_cli:broken"))
     assert cli.main(["parse", str(RECIPE)]) == 70
     err = capsys.readouterr().err
     assert "internal error: RuntimeError: boom (run with --debug" in err and "Traceback" not in err
