@@ -8,11 +8,12 @@ terminal) never slows down a command that does not need it.
 from __future__ import annotations
 
 import sys
-from typing import IO, TYPE_CHECKING, Any
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from types import TracebackType
+    from typing import IO, Any
 
 __all__ = ["Console", "Progress"]
 
@@ -63,7 +64,7 @@ class Progress:
         if self._bar is not None:
             self._bar.update(count)
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Callable[[int], None]:
         return self.advance
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:

@@ -8,10 +8,10 @@ the store and `pybuild images` does not pay for the grammar.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
 
 from ..argv import Option, Positional, Spec
 
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ..console import Console
 
