@@ -1,10 +1,12 @@
 """LocalContentStore: blobs as files in an OCI layout's `blobs/<algorithm>/<hex>`.
 
-An ingest writes `ingest/<random>.partial`, holding an exclusive flock on it
-until it ends, so garbage collection can tell an abandoned temporary file (no
-lock: its process died) from one being written. Publishing is `link(2)` of
-the fsynced, verified, read-only file to its final name: atomic, and it
-never replaces a blob that is already there.
+An ingest writes an unnamed O_TMPFILE file in `ingest/`, so a crash leaves
+nothing behind. Where the filesystem lacks O_TMPFILE it writes
+`ingest/<random>.partial` instead, holding an exclusive flock on it until it
+ends, so garbage collection can tell an abandoned file (no lock: its process
+died) from one being written. Publishing is `link(2)` of the fsynced,
+verified, read-only file to its final name: atomic, and it never replaces a
+blob that is already there.
 """
 
 from __future__ import annotations
@@ -36,16 +38,21 @@ log = logging.getLogger(__name__)
 
 INGEST_DIR = "ingest"
 PARTIAL_SUFFIX = ".partial"
+CREATING_SUFFIX = ".creating"
+CREATING_GRACE = 60.0
 
 
 class LocalContentStore:
     """The content store of one OCI layout directory (see store.content for the contract)."""
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], *, unnamed_ingest: bool = True) -> None:
         self.root = Path(root)
+        self.unnamed_ingest = unnamed_ingest  # False: named ingest files, as without O_TMPFILE
         self.ingest_dir = self.root / INGEST_DIR
-        for directory in (self.root / "blobs" / "sha256", self.ingest_dir):
-            directory.mkdir(parents=True, exist_ok=True)
+        if not self.root.exists():
+            self.root.mkdir(mode=0o700, parents=True)  # R12: the store is private
+        for directory in (self.root / "blobs", self.root / "blobs" / "sha256", self.ingest_dir):
+            directory.mkdir(mode=0o700, exist_ok=True)
 
     def blob_path(self, digest: Digest) -> Path:
         return self.root / "blobs" / digest.algorithm / digest.hex
@@ -56,7 +63,8 @@ class LocalContentStore:
     def open(self, descriptor: Descriptor) -> BinaryIO:
         path = self.blob_path(descriptor.digest)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO planted at a blob path must not hang the open.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except FileNotFoundError:
             raise NotFound(f"blob {descriptor.digest}: not found") from None
         except OSError as exc:
@@ -71,6 +79,7 @@ class LocalContentStore:
                 raise IntegrityError(
                     f"blob {descriptor.digest}: is not a regular file", expected="file", actual=stat.filemode(st.st_mode)
                 )
+            os.set_blocking(fd, True)
             if st.st_size != descriptor.size:
                 raise SizeMismatch(
                     f"blob {descriptor.digest}: expected {descriptor.size} bytes, got {st.st_size}",
@@ -99,9 +108,11 @@ class LocalContentStore:
             raise NotFound(f"blob {digest}: not found") from None
 
     def walk(self) -> Iterator[Info]:
-        blobs = self.root / "blobs"
-        for algorithm in sorted(os.listdir(blobs)):
-            for entry in os.scandir(blobs / algorithm):
+        for directory in os.scandir(self.root / "blobs"):
+            if not directory.is_dir(follow_symlinks=False):
+                continue  # not ours; `store verify` reports it
+            algorithm = directory.name
+            for entry in os.scandir(directory.path):
                 try:
                     digest = Digest(algorithm, entry.name)
                 except StoreError:
@@ -111,11 +122,19 @@ class LocalContentStore:
 
     def abandoned_ingests(self) -> Iterator[Path]:
         """Temporary files whose writer died (their flock is free)."""
+        now = time.time()
         for entry in os.scandir(self.ingest_dir):
-            if not entry.name.endswith(PARTIAL_SUFFIX):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            if entry.name.endswith(CREATING_SUFFIX):
+                # Named before it is locked; a live writer renames it within
+                # microseconds, so only an old one is a crash leftover.
+                if now - entry.stat(follow_symlinks=False).st_mtime < CREATING_GRACE:
+                    continue
+            elif not entry.name.endswith(PARTIAL_SUFFIX):
                 continue
             try:
-                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
             except OSError:
                 continue
             try:
@@ -130,9 +149,17 @@ class LocalContentStore:
 class _Writer:
     def __init__(self, store: LocalContentStore) -> None:
         self._store = store
-        self._path = store.ingest_dir / f"{secrets.token_hex(16)}{PARTIAL_SUFFIX}"
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._path: Path | None = None
+        try:
+            if not store.unnamed_ingest:
+                raise OSError(errno.EOPNOTSUPP, "named ingest files requested")
+            # An unnamed file: a crash leaves nothing behind, and nothing can
+            # see the blob before commit links it into place.
+            self._fd = os.open(store.ingest_dir, os.O_TMPFILE | os.O_WRONLY | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL):
+                raise
+            self._fd, self._path = _named_ingest_file(store.ingest_dir)
         self._digester = Digester()
         self._closed = False
 
@@ -173,7 +200,7 @@ class _Writer:
             final = self._store.blob_path(actual)
             final.parent.mkdir(exist_ok=True)
             try:
-                os.link(self._path, final)  # the point of no return
+                _publish(self._fd, self._path, final)  # the point of no return
             except FileExistsError:
                 pass  # someone committed the same bytes first: that is success
             else:
@@ -191,10 +218,11 @@ class _Writer:
     def _end(self) -> None:
         # After the link the blob is published: failures here are logged only.
         self._closed = True
-        try:
-            os.unlink(self._path)
-        except OSError as exc:
-            log.warning("cannot remove ingest file %s: %s", self._path, exc)
+        if self._path is not None:
+            try:
+                os.unlink(self._path)
+            except OSError as exc:
+                log.warning("cannot remove ingest file %s: %s", self._path, exc)
         os.close(self._fd)
 
     def __enter__(self) -> _Writer:
@@ -204,6 +232,32 @@ class _Writer:
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.abort()
+
+
+def _named_ingest_file(ingest_dir: Path) -> tuple[int, Path]:
+    """Where O_TMPFILE is missing: `<random>.partial`, locked before it gets that name
+    so no collector can take a starting ingest for an abandoned one."""
+    name = secrets.token_hex(16)
+    creating = ingest_dir / f"{name}{CREATING_SUFFIX}"
+    fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    path = ingest_dir / f"{name}{PARTIAL_SUFFIX}"
+    os.rename(creating, path)
+    return fd, path
+
+
+def _publish(fd: int, path: Path | None, final: Path) -> None:
+    """Give the ingest file its blob name; FileExistsError if the blob is there."""
+    if path is not None:
+        os.link(path, final)
+        return
+    # linkat(AT_SYMLINK_FOLLOW) of the /proc magic link names an O_TMPFILE file;
+    # passing a dir fd makes Python use linkat() rather than link().
+    parent = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.link(f"/proc/self/fd/{fd}", final.name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=True)
+    finally:
+        os.close(parent)
 
 
 def _fsync_directory(path: Path) -> None:
