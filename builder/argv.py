@@ -35,8 +35,10 @@ class Option:
         repeat: bool = False,
         metavar: str = "VALUE",
         default: object = None,
+        required: bool = False,
     ) -> None:
         self.names = names
+        self.required = required
         self.dest = max(names, key=len).lstrip("-").replace("-", "_")
         self.help = help
         self.takes_value = takes_value or repeat
@@ -46,12 +48,15 @@ class Option:
 
 
 class Positional:
-    """A positional argument; `optional` ones may be left out (default None)."""
+    """A positional argument; `optional` ones may be left out (None), `many` takes all the rest (a list)."""
 
-    def __init__(self, name: str, *, help: str, optional: bool = False, metavar: str | None = None) -> None:  # noqa: A002
+    def __init__(
+        self, name: str, *, help: str, optional: bool = False, many: bool = False, metavar: str | None = None  # noqa: A002
+    ) -> None:
         self.dest = name
         self.help = help
         self.optional = optional
+        self.many = many
         self.metavar = metavar or name.upper()
 
 
@@ -69,7 +74,7 @@ class Spec:
         parts = [f"usage: {self.prog}"]
         if self.options:
             parts.append("[OPTIONS]")
-        parts += [f"[{p.metavar}]" if p.optional else p.metavar for p in self.positionals]
+        parts += [f"[{p.metavar}]" if p.optional else p.metavar + ("..." if p.many else "") for p in self.positionals]
         return " ".join(parts)
 
     def help(self) -> str:
@@ -105,14 +110,19 @@ def parse_args(spec: Spec, argv: Sequence[str]) -> dict[str, object]:
         else:
             positionals.append(arg)
     for p in spec.positionals:
-        if positionals:
+        if p.many and positionals:
+            values[p.dest], positionals = positionals, []
+        elif positionals:
             values[p.dest] = positionals.pop(0)
         elif p.optional:
-            values[p.dest] = None
+            values[p.dest] = [] if p.many else None
         else:
             raise UsageError(f"the argument {p.metavar} is required")
     if positionals:
         raise UsageError(f"unexpected argument {positionals[0]!r}")
+    for o in spec.options:
+        if o.required and values[o.dest] is None:
+            raise UsageError(f"option {'/'.join(o.names)} is required")
     return values
 
 

@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return command.run(args, Console())
+    except UsageError as exc:  # found by the command itself
+        print(f"{command.spec.prog}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
         print("pybuild: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED

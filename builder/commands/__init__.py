@@ -34,6 +34,10 @@ def _spec(name: str, summary: str, options: list[Option] = (), positionals: list
     return Spec(f"pybuild {name}", summary, list(options), list(positionals))
 
 
+_STORE = Option("--store", help="the image store directory (default: $PYBUILD_STORE or the user's)", takes_value=True, metavar="DIR")
+_JSON = Option("--json", help="print JSON instead of a table")
+
+
 COMMANDS: dict[str, Command] = {
     "parse": Command(
         _spec(
@@ -49,5 +53,94 @@ COMMANDS: dict[str, Command] = {
             [Positional("file", help="the recipe to parse (- for standard input)")],
         ),
         "builder.commands.parse:run",
+    ),
+    "images": Command(
+        _spec("images", "list the images in the store", [_JSON, _STORE]), "builder.commands.images:images"
+    ),
+    "inspect": Command(
+        _spec(
+            "inspect",
+            "show an image's manifest, config and layers",
+            [Option("--json", help="print one JSON object"), _STORE],
+            [Positional("image", help="a tag, digest, image id or unique prefix")],
+        ),
+        "builder.commands.images:inspect",
+    ),
+    "history": Command(
+        _spec("history", "show how an image was built, layer by layer", [_STORE], [Positional("image", help="the image")]),
+        "builder.commands.images:history",
+    ),
+    "tag": Command(
+        _spec(
+            "tag",
+            "give an image another name",
+            [_STORE],
+            [Positional("source", help="the image"), Positional("target", help="the new name[:tag]")],
+        ),
+        "builder.commands.images:tag",
+    ),
+    "rmi": Command(
+        _spec(
+            "rmi",
+            "remove image names (by digest or id: all of that image's names)",
+            [_STORE],
+            [Positional("images", help="the images", many=True)],
+        ),
+        "builder.commands.images:rmi",
+    ),
+    "save": Command(
+        _spec(
+            "save",
+            "write images to an OCI archive, an OCI layout directory or a Docker archive",
+            [
+                Option("-o", "--output", help="the file (or directory for oci-dir) to write", takes_value=True, metavar="FILE", required=True),
+                Option("--format", help="oci (default), oci-dir or docker", takes_value=True, metavar="FORMAT", default="oci"),
+                Option("--compression", help="recompress layers: gzip, zstd or none", takes_value=True, metavar="KIND"),
+                _STORE,
+            ],
+            [Positional("images", help="the images to save", many=True)],
+        ),
+        "builder.commands.transfer:save",
+    ),
+    "load": Command(
+        _spec(
+            "load",
+            "load images from an OCI archive, OCI layout directory or Docker archive",
+            [Option("-i", "--input", help="the archive or directory", takes_value=True, metavar="FILE", required=True), _STORE],
+        ),
+        "builder.commands.transfer:load",
+    ),
+    "import": Command(
+        _spec(
+            "import",
+            "make a one-layer image from a root filesystem tarball (plain, gzip or zstd), like docker import",
+            [_STORE],
+            [Positional("rootfs", help="the tarball (- for standard input)"), Positional("name", help="NAME[:TAG]")],
+        ),
+        "builder.commands.transfer:import_",
+    ),
+    "du": Command(
+        _spec("du", "show how much space images take, shared and unique", [_JSON, _STORE]), "builder.commands.images:du"
+    ),
+    "prune": Command(
+        _spec(
+            "prune",
+            "delete blobs that no image, kept build cache or running build needs",
+            [
+                Option("--dry-run", help="report what would be freed, delete nothing"),
+                Option("--cache", help="drop the build cache records too"),
+                _STORE,
+            ],
+        ),
+        "builder.commands.maintenance:prune",
+    ),
+    "store": Command(
+        _spec(
+            "store",
+            "check the store: `pybuild store verify` re-hashes every blob and checks every image",
+            [_STORE],
+            [Positional("action", help="verify")],
+        ),
+        "builder.commands.maintenance:store",
     ),
 }

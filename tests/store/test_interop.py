@@ -18,7 +18,6 @@ import os
 import shutil
 import stat
 import subprocess
-import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -40,7 +39,6 @@ from store.local import LocalContentStore
 from store.reference import parse_reference
 from store.tags import TagStore
 from store.transfer import import_rootfs, load, save
-from tests.support import FIXTURES
 
 NAME = "docker.io/library/busybox:latest"
 CREATED = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
@@ -111,12 +109,8 @@ def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not os.access("/bin/busybox", os.X_OK):
-        _require("busybox")
-    path = tmp_path_factory.mktemp("rootfs") / "busybox-rootfs.tar"
-    subprocess.run([sys.executable, str(FIXTURES / "busybox-rootfs.py"), str(path)], check=True, timeout=60)
-    return path
+def rootfs(busybox_rootfs: Path) -> Path:
+    return busybox_rootfs
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,123 @@
+"""The store commands as users run them: output, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support import REPO
+
+
+def pybuild(store: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "builder", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "PYBUILD_STORE": str(store)},
+        timeout=120,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+@pytest.fixture
+def store(tmp_path: Path, busybox_rootfs: Path) -> Path:
+    root = tmp_path / "store"
+    pybuild(root, "import", str(busybox_rootfs), "busybox")
+    return root
+
+
+def test_images_inspect_history(store: Path) -> None:
+    (row,) = json.loads(pybuild(store, "images", "--json").stdout)
+    assert row["name"] == "docker.io/library/busybox:latest"
+    assert {"name", "digest", "size", "created", "id"} <= set(row)
+    table = pybuild(store, "images").stdout.splitlines()
+    assert table[0].split() == ["REPOSITORY", "TAG", "IMAGE", "ID", "CREATED", "SIZE"]
+    assert table[1].split()[:3] == ["busybox", "latest", row["id"][7:19]]
+    info = json.loads(pybuild(store, "inspect", "--json", "busybox").stdout)
+    assert info["digest"] == row["digest"]
+    assert info["manifest"]["config"]["digest"] == row["id"]
+    (layer,) = info["layers"]
+    assert layer["diff_id"] == info["config"]["rootfs"]["diff_ids"][0]
+    assert layer["digest"] == info["manifest"]["layers"][0]["digest"]
+    assert json.loads(pybuild(store, "inspect", "--json", row["id"][7:13]).stdout)["digest"] == row["digest"]
+    assert "pybuild import" in pybuild(store, "history", "busybox").stdout
+
+
+def test_tag_rmi_prune_and_du(store: Path) -> None:
+    pybuild(store, "tag", "busybox", "registry.example:5000/team/box:1.0")
+    du = json.loads(pybuild(store, "du", "--json").stdout)
+    assert du[0]["names"] == ["busybox:latest", "registry.example:5000/team/box:1.0"]
+    assert du[0]["unique"] == du[0]["size"] > 0
+    assert "Untagged: docker.io/library/busybox:latest" in pybuild(store, "rmi", "busybox").stdout
+    assert "0 blobs" in pybuild(store, "prune").stdout  # still tagged as team/box
+    pybuild(store, "rmi", "registry.example:5000/team/box:1.0")
+    assert "would free" in pybuild(store, "prune", "--dry-run").stdout
+    freed = pybuild(store, "prune").stdout
+    assert freed.startswith("3 blobs")
+    assert json.loads(pybuild(store, "images", "--json").stdout) == []
+
+
+def test_save_load_round_trip(store: Path, tmp_path: Path) -> None:
+    digest = json.loads(pybuild(store, "images", "--json").stdout)[0]["digest"]
+    for fmt in ("oci", "docker"):
+        archive = tmp_path / f"busybox-{fmt}.tar"
+        pybuild(store, "save", "busybox", "-o", str(archive), "--format", fmt)
+        other = tmp_path / f"other-{fmt}"
+        assert "Loaded image: docker.io/library/busybox:latest" in pybuild(other, "load", "-i", str(archive)).stdout
+        loaded = json.loads(pybuild(other, "images", "--json").stdout)[0]
+        if fmt == "oci":
+            assert loaded["digest"] == digest  # byte for byte
+        assert "every image complete" in pybuild(other, "store", "verify").stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inspect", "nosuch"], "pybuild: error: image docker.io/library/nosuch:latest: not found"),
+        (["inspect", "Bad:Name"], "pybuild: error:"),
+        (["tag", "busybox", "x@sha256:" + "0" * 64], "pybuild: error:"),
+        (["load", "-i", "/nonexistent.tar"], "pybuild: error: No such file or directory: /nonexistent.tar"),
+        (["save", "busybox"], "pybuild save: error: option -o/--output is required"),
+        (["save", "busybox", "-o", "/tmp/x.tar", "--format", "zip"], "pybuild save: error: unknown --format 'zip'"),
+        (["store", "fix"], "pybuild store: error: unknown store action 'fix'"),
+    ],
+)
+def test_errors_are_one_line(store: Path, args: list[str], message: str) -> None:
+    result = pybuild(store, *args, check=False)
+    assert result.returncode == 2
+    assert any(line.startswith(message) for line in result.stderr.splitlines()), result.stderr
+
+
+def test_corrupt_blob_is_reported_and_refused(store: Path) -> None:
+    info = json.loads(pybuild(store, "inspect", "--json", "busybox").stdout)
+    blob = store / "blobs" / "sha256" / info["layers"][0]["digest"][7:]
+    blob.chmod(0o644)
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 1
+    blob.write_bytes(bytes(data))
+    blob.chmod(0o444)
+    verify = pybuild(store, "store", "verify", check=False)
+    assert verify.returncode == 3
+    assert info["layers"][0]["digest"] in verify.stdout
+    saved = pybuild(store, "save", "busybox", "-o", str(store.parent / "out.tar"), check=False)
+    assert saved.returncode == 3
+    assert "does not match" in saved.stderr
+    assert not (store.parent / "out.tar").exists()
+
+
+def test_load_refuses_a_bad_archive_and_changes_nothing(store: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(b"not a tar at all" * 100)
+    before = sorted(p.name for p in (store / "blobs" / "sha256").iterdir())
+    result = pybuild(store, "load", "-i", str(bad), check=False)
+    assert result.returncode == 2 and result.stderr.startswith("pybuild: error: ")
+    assert len(result.stderr.splitlines()) == 1
+    assert sorted(p.name for p in (store / "blobs" / "sha256").iterdir()) == before
