@@ -22,6 +22,7 @@ reachable after the mark is still leased when the sweep reaches it.
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
@@ -70,7 +71,7 @@ def collect(
     """Collect garbage; if marking fails (a root's manifest is unreadable), nothing is deleted.
 
     `children(desc)` lists what a present manifest or index references.
-    Ingest files whose writer is gone (their flock is free) are removed.
+    Ingest files and load staging directories whose process is gone (their flock is free) are removed.
     The callbacks must not release leases: that waits for this collection.
     """
     if content.root.resolve() != metadata.root.resolve():
@@ -165,6 +166,11 @@ def _sweep(
 
 def _sweep_ingests(content: LocalContentStore, dry_run: bool) -> tuple[int, int]:
     count = size = 0
+    for directory in content.abandoned_staging():
+        count += 1
+        size += sum(f.stat().st_size for f in directory.rglob("*") if f.is_file() and not f.is_symlink())
+        if not dry_run:
+            shutil.rmtree(directory, ignore_errors=True)
     for path in content.abandoned_ingests():
         try:
             st = path.lstat()

@@ -40,6 +40,8 @@ INGEST_DIR = "ingest"
 PARTIAL_SUFFIX = ".partial"
 CREATING_SUFFIX = ".creating"
 CREATING_GRACE = 60.0
+STAGING_DIR = "staging"  # <root>/staging/<name>/: work of a running load, flocked on STAGING_LOCK
+STAGING_LOCK = ".lock"
 
 
 class LocalContentStore:
@@ -119,6 +121,30 @@ class LocalContentStore:
                     continue  # not ours; `store verify` reports it
                 st = entry.stat(follow_symlinks=False)
                 yield Info(digest, st.st_size, st.st_mtime)
+
+    def abandoned_staging(self) -> Iterator[Path]:
+        """Staging directories of loads that died (their lock file is not held)."""
+        try:
+            entries = list(os.scandir(self.root / STAGING_DIR))
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                fd = os.open(os.path.join(entry.path, STAGING_LOCK), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            except FileNotFoundError:
+                yield Path(entry.path)  # died before it could take its lock
+                continue
+            except OSError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            finally:
+                os.close(fd)
+            yield Path(entry.path)
 
     def abandoned_ingests(self) -> Iterator[Path]:
         """Temporary files whose writer died (their flock is free)."""

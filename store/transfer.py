@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import logging
 import os
 import platform
@@ -49,7 +50,7 @@ from .image import (
     load_json,
     parse_index,
 )
-from .local import LocalContentStore
+from .local import STAGING_LOCK, LocalContentStore
 from .oci_archive import (
     MAX_MANIFESTS,
     DirOutput,
@@ -238,6 +239,9 @@ class _Staging:
             except FileNotFoundError:
                 if attempt == 2:
                     raise
+        # Locked while the load runs: GC removes staging directories whose lock is free.
+        self._lock = os.open(self.dir / STAGING_LOCK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
         self.content = LocalContentStore(self.dir)
 
     def __enter__(self) -> Self:
@@ -245,6 +249,7 @@ class _Staging:
 
     def __exit__(self, *exc: object) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
+        os.close(self._lock)
         with contextlib.suppress(OSError):
             self.parent.rmdir()
 

@@ -402,3 +402,17 @@ def test_concurrent_leased_writer_survives_repeated_gc(content: LocalContentStor
     assert present(content) == set()
     assert final.leases_reaped == () and md.leases() == []
     assert os.listdir(content.ingest_dir) == []
+
+
+def test_staging_of_a_dead_load_goes_a_live_one_stays(content: LocalContentStore, md: Metadata) -> None:
+    from store.transfer import _Staging
+
+    dead = content.root / "staging" / "load-dead"
+    (dead / "blobs" / "sha256").mkdir(parents=True)
+    (dead / ".lock").touch()
+    (dead / "blobs" / "sha256" / "x").write_bytes(b"1234")
+    with _Staging(content) as live:
+        report = gc(content, md)
+        assert (report.ingests_removed, report.ingest_bytes_freed) == (1, 4)
+        assert not dead.exists() and live.dir.exists()
+    assert not (content.root / "staging").exists()
