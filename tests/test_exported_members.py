@@ -8,7 +8,7 @@ import types
 import pytest
 
 
-@pytest.mark.parametrize("name", ["grammar"])
+@pytest.mark.parametrize("name", ["grammar", "store"])
 def test_all_lists_exactly_the_public_names(name: str) -> None:
     module = importlib.import_module(name)
     public = {n for n, v in vars(module).items() if not n.startswith("_") and not isinstance(v, types.ModuleType)}
