@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO))
 
 import zstandard
 
-from store.archive import write_tree
+from store.tarwriter import write_tree
 from store.compression import Compression, compressor
 from store.digest import Digester
 from store.layer import write_layer

@@ -18,7 +18,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from .archive import DEFAULT_LIMITS, Applied, Limits, Whiteouts, apply_tar, write_tree
+from .archive import DEFAULT_LIMITS, Limits, Whiteouts
+from .tarapply import Applied, apply_tar
+from .tarwriter import write_tree
 from .compression import Compression, compressor, decompressor
 from .content import ContentStore, Writer
 from .descriptor import Descriptor
@@ -49,7 +51,7 @@ def write_layer(
 
     mtimes are clamped to `source_date_epoch` when given. With
     `overlay_upper`, `root` is an OverlayFS upper directory whose whiteouts
-    become OCI ones (see store.archive.write_tree).
+    become OCI ones (see store.tarwriter.write_tree).
     """
     diff = Digester()
     with store.writer() as writer:

@@ -1,4 +1,4 @@
-"""store.archive: the tree writer's bytes, the tar guard, and the in-root applier.
+"""The tar mechanics of layers: the tree writer's bytes (store.tarwriter), the guard (store.archive) and the in-root applier (store.tarapply).
 
 Hostile archives come from tests/store/hostile_tar.py and are applied next to
 a canary directory that must stay byte-for-byte unchanged (hostile-inputs
@@ -18,14 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from store.archive import (
-    WHITEOUT_OPAQUE,
-    Limits,
-    TarGuard,
-    apply_tar,
-    encode_header,
-    write_tree,
-)
+from store.archive import WHITEOUT_OPAQUE, Limits, TarGuard
+from store.tarapply import apply_tar
+from store.tarwriter import encode_header, write_tree
 from store.digest import Digester
 from store.errors import LimitExceeded, MalformedDocument, StoreError, UnsafeArchiveEntry
 from tests.store import hostile_tar as ht
