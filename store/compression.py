@@ -13,7 +13,7 @@ import gzip
 import io
 import os
 import zlib
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Self
 
 from .descriptor import MediaType
 from .errors import LimitExceeded, MalformedDocument, UnsupportedMediaType
@@ -88,7 +88,7 @@ class _Compressor:
     def close(self) -> None:
         self._stream.close()
 
-    def __enter__(self) -> _Compressor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:

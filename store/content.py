@@ -41,7 +41,7 @@ The protocol is deliberately small; everything else (`write_blob`,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, BinaryIO, Protocol, Self
 
 from .descriptor import Descriptor
 from .digest import Digest
@@ -89,7 +89,7 @@ class Writer(Protocol):
         """Drop the bytes written; ends the writer. Harmless after commit."""
         ...
 
-    def __enter__(self) -> Writer: ...
+    def __enter__(self) -> Self: ...
 
     def __exit__(
         self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None

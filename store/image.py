@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import platform
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ __all__ = [
     "chain_id",
     "check_layers",
     "document_limit",
+    "host_platform",
     "load_json",
     "parse_config",
     "parse_index",
@@ -258,6 +260,27 @@ def chain_id(diff_ids: Sequence[Digest]) -> Digest:
     for diff_id in diff_ids[1:]:
         chain = Digest("sha256", hashlib.sha256(f"{chain} {diff_id}".encode()).hexdigest())
     return chain
+
+
+_MACHINES = {  # uname -m: OCI architecture and variant (the Go names the image spec uses)
+    "x86_64": ("amd64", None),
+    "amd64": ("amd64", None),
+    "aarch64": ("arm64", "v8"),
+    "arm64": ("arm64", "v8"),
+    "armv7l": ("arm", "v7"),
+    "armv6l": ("arm", "v6"),
+    "i386": ("386", None),
+    "i686": ("386", None),
+    "ppc64le": ("ppc64le", None),
+    "s390x": ("s390x", None),
+    "riscv64": ("riscv64", None),
+}
+
+
+def host_platform() -> tuple[str, str | None]:
+    """This machine's OCI architecture and variant: ("amd64", None), ("arm64", "v8"), ..."""
+    machine = platform.machine().lower()
+    return _MACHINES.get(machine, (machine, None))
 
 
 def document_limit(media_type: str) -> int:

@@ -15,7 +15,6 @@ a unique prefix of either (at least 4 hex digits).
 from __future__ import annotations
 
 import os
-import platform
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -25,7 +24,14 @@ from .content import read_blob
 from .descriptor import Descriptor, MediaType
 from .digest import Digest
 from .errors import InvalidReference, NotFound, StoreError
-from .image import ImageConfig, Manifest, parse_config, parse_index, parse_manifest
+from .image import (
+    ImageConfig,
+    Manifest,
+    host_platform,
+    parse_config,
+    parse_index,
+    parse_manifest,
+)
 from .local import LocalContentStore
 from .oci_archive import children
 from .reference import Reference, parse_reference
@@ -148,7 +154,7 @@ class Store:
         if descriptor.media_type not in MediaType.INDEXES:
             return descriptor
         index = parse_index(read_blob(self.content, descriptor, limit=4 << 20), descriptor)
-        arch = _host_architecture()
+        arch, _ = host_platform()
         for entry in index.manifests:
             wanted = entry.platform or {}
             if wanted.get("os", "linux") == "linux" and wanted.get("architecture", arch) == arch:
@@ -206,8 +212,3 @@ class Store:
         from .fsck import verify
 
         return verify(self.content, roots=self.roots(), children=self.children)
-
-
-def _host_architecture() -> str:
-    machine = platform.machine().lower()
-    return {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm", "i686": "386"}.get(machine, machine)

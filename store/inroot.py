@@ -1,9 +1,11 @@
-"""Resolving paths beneath a root directory, never through a way out.
+"""Resolving paths inside a root directory as if it were `/` (design rule R1).
 
-Parents are opened with `openat2(RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS)`
+Parents are opened with `openat2(RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)`
 through ctypes, or by a component-by-component O_NOFOLLOW walk where openat2
-is missing; relative symbolic links that stay inside the root are followed,
-anything that would lead out is refused (design rule R1).
+is missing. Either way a symbolic link is followed the way it would be in a
+container whose root is that directory: an absolute target starts again at
+the root and `..` at the root stays there, so no path leads out (containerd's
+rule for legal-but-odd layers, the hostile-inputs decision 1).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ __all__ = ["Resolver", "is_symlink"]
 
 _SYS_OPENAT2 = 437  # the same number on every Linux architecture (unified syscall table)
 _RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_BENEATH = 0x08
+_RESOLVE_IN_ROOT = 0x10
 _MAX_SYMLINK_HOPS = 40
 
 
@@ -45,7 +47,7 @@ def _syscall() -> Callable[..., int]:
 
 
 def _openat2(dirfd: int, path: bytes, flags: int) -> int:
-    how = _OpenHow(flags, 0, _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS)
+    how = _OpenHow(flags, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS)
     # syscall(2) is variadic and reads longs: pass every argument full width.
     fd = _syscall()(
         ctypes.c_long(_SYS_OPENAT2),
@@ -61,11 +63,10 @@ def _openat2(dirfd: int, path: bytes, flags: int) -> int:
 
 
 class Resolver:
-    """Directories beneath one root fd, resolved so that nothing escapes the root.
+    """Directories under one root fd, resolved with that fd as `/`.
 
-    Relative symbolic links that stay inside the root are followed for
-    directories; absolute ones and `..` past the root are refused (EXDEV from
-    openat2's RESOLVE_BENEATH, or the same rule in the component walk).
+    Symbolic links are followed for directories, re-rooted: `etc -> /srv/etc`
+    leads to `<root>/srv/etc`, `up -> ../../..` to `<root>`.
     """
 
     def __init__(self, root_fd: int, what: str, use_openat2: bool | None) -> None:
@@ -105,8 +106,6 @@ class Resolver:
                     continue  # a rename raced the lookup; the kernel asks us to retry
                 if code in (errno.ENOSYS, errno.EPERM):
                     self._openat2 = False  # old kernel or seccomp: use the component walk
-                elif code == errno.EXDEV:
-                    self._escape(entry)
                 elif code == errno.ELOOP:
                     self._refuse(entry, "too many symbolic links")
                 elif code == errno.ENOTDIR:
@@ -130,9 +129,8 @@ class Resolver:
                 if part in (b"", b"."):
                     continue
                 if part == b"..":
-                    if not stack:
-                        self._escape(entry)
-                    os.close(stack.pop())
+                    if stack:  # `..` at the root is the root
+                        os.close(stack.pop())
                     continue
                 here = stack[-1] if stack else self.root_fd
                 try:
@@ -152,8 +150,9 @@ class Resolver:
                     if hops > _MAX_SYMLINK_HOPS:
                         self._refuse(entry, "too many symbolic links")
                     target = os.readlink(part, dir_fd=here)
-                    if target.startswith(b"/"):
-                        self._escape(entry)
+                    if target.startswith(b"/"):  # absolute: from the root again
+                        while stack:
+                            os.close(stack.pop())
                     todo.extend(reversed(target.split(b"/")))
                     continue
                 stack.append(fd)
@@ -161,9 +160,6 @@ class Resolver:
         finally:
             for fd in stack:
                 os.close(fd)
-
-    def _escape(self, entry: str) -> None:
-        self._refuse(entry, "its path leaves the layer root (through '..' or a symbolic link)")
 
     def _refuse(self, entry: str, why: str) -> None:
         raise UnsafeArchiveEntry(f"{self._what}: entry {entry!r}: {why}", entry=entry)

@@ -19,13 +19,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .archive import DEFAULT_LIMITS, Limits, Whiteouts
-from .tarapply import Applied, apply_tar
-from .tarwriter import write_tree
 from .compression import Compression, compressor, decompressor
 from .content import ContentStore, Writer
 from .descriptor import Descriptor
 from .digest import Digest, Digester
+from .durable import fsync_directory
 from .errors import DigestMismatch, StoreError
+from .tarapply import Applied, apply_tar
+from .tarwriter import write_tree
 
 __all__ = ["Layer", "apply_layer", "unpack_layer", "write_layer"]
 
@@ -161,7 +162,7 @@ def unpack_layer(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _fsync_directory(dest.parent)
+    fsync_directory(dest.parent)
     return applied
 
 
@@ -184,11 +185,3 @@ def _rename_noreplace(source: Path, dest: Path) -> None:
     if code == errno.EEXIST:
         raise StoreError(f"unpack layer into {dest}: it exists already")
     raise OSError(code, os.strerror(code), str(dest))
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

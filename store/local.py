@@ -20,11 +20,12 @@ import secrets
 import stat
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Self
 
 from .content import Info
 from .descriptor import Descriptor
 from .digest import Digest, Digester
+from .durable import fsync_directory
 from .errors import DigestMismatch, IntegrityError, NotFound, SizeMismatch, StoreError
 from .verify import VerifiedReader
 
@@ -230,7 +231,7 @@ class _Writer:
             except FileExistsError:
                 pass  # someone committed the same bytes first: that is success
             else:
-                _fsync_directory(final.parent)
+                fsync_directory(final.parent)
         except BaseException:
             self.abort()
             raise
@@ -251,7 +252,7 @@ class _Writer:
                 log.warning("cannot remove ingest file %s: %s", self._path, exc)
         os.close(self._fd)
 
-    def __enter__(self) -> _Writer:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(
@@ -284,11 +285,3 @@ def _publish(fd: int, path: Path | None, final: Path) -> None:
         os.link(f"/proc/self/fd/{fd}", final.name, src_dir_fd=parent, dst_dir_fd=parent, follow_symlinks=True)
     finally:
         os.close(parent)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -11,7 +11,6 @@ import contextlib
 import fcntl
 import json
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import MappingProxyType
@@ -19,6 +18,7 @@ from typing import Any
 
 from .descriptor import Descriptor, MediaType
 from .digest import Digest
+from .durable import atomic_write
 from .errors import AlreadyExists, InvalidReference, MalformedDocument, NotFound
 from .image import MAX_MANIFEST_SIZE, canonical_json, parse_index
 from .reference import Reference, parse_reference
@@ -103,7 +103,7 @@ class TagStore:
 
     def _write(self, entries: _Entries, top: dict[str, Any]) -> None:
         document = {**top, "schemaVersion": 2, "mediaType": MediaType.INDEX, "manifests": entries}
-        _atomic_write(self.root / INDEX, canonical_json(document))
+        atomic_write(self.root / INDEX, canonical_json(document))
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
@@ -189,7 +189,7 @@ def _descriptor(raw: dict[str, Any]) -> Descriptor:
 def _check_or_create_layout(root: Path) -> None:
     path = root / LAYOUT
     if not path.exists():
-        _atomic_write(path, _LAYOUT_BYTES, replace=False)
+        atomic_write(path, _LAYOUT_BYTES, replace=False)
         return
     with open(path, "rb") as f:
         data = f.read(4096)
@@ -199,33 +199,3 @@ def _check_or_create_layout(root: Path) -> None:
         version = None
     if version != MediaType.OCI_LAYOUT_VERSION:
         raise MalformedDocument(f"{path}: not an OCI image layout version {MediaType.OCI_LAYOUT_VERSION}")
-
-
-def _atomic_write(path: Path, data: bytes, *, replace: bool = True) -> None:
-    """Write `data` to `path` so readers see the old file or the new one, never a mix."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if replace:
-            os.replace(temp, path)
-        else:
-            with contextlib.suppress(FileExistsError):  # another process wrote it first
-                os.link(temp, path)
-            os.unlink(temp)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,10 +1,10 @@
 """Applying a layer tar to a directory, keeping every effect inside it.
 
-Policy, in short: names that are absolute, hold NUL or newline, or climb out
-with `..` are refused; so is any path that would pass through a symbolic link
-leading out of the root (absolute, or `..` too far), while relative links that
-stay inside are followed for parent directories. Symbolic link targets are
-stored verbatim. Hard links must point at an existing non-directory inside the
+Policy, in short: names that hold NUL or newline, or climb out with `..`,
+are refused; absolute names are taken as relative to the root. Paths through
+symbolic links resolve as they would in a container with the target as its
+root (an absolute link target starts again at the root, `..` stops there), so
+nothing is written outside it. Symbolic link targets are stored verbatim. Hard links must point at an existing non-directory inside the
 root. Whiteouts hide lower content only: `.wh.<name>` removes <name>,
 `.wh..wh..opq` removes whatever in its directory this layer did not put there,
 whatever the entry order. Ownership and device nodes need root; a character
@@ -158,8 +158,6 @@ class _Applier:
             self._refuse(entry, "NUL byte in the name")
         if b"\n" in raw:
             self._refuse(entry, "newline in the name")
-        if raw.startswith(b"/"):
-            self._refuse(entry, "absolute name")
         if len(raw) > limits.max_path:
             self._limit(entry, f"name longer than {limits.max_path} bytes", limits.max_path)
         parts: list[bytes] = []

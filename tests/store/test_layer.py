@@ -226,12 +226,19 @@ def canary(tmp_path: Path):
 def test_hostile_layer_changes_nothing_outside(
     store: LocalContentStore, tmp_path: Path, canary: Path, compression: Compression
 ) -> None:
-    data = ht.archive(ht.file(b"ok", b"fine"), ht.symlink(b"l", os.fsencode(canary)), ht.file(b"l/pwn", b"pwned"))
+    data = ht.archive(ht.file(b"ok", b"fine"), ht.file(b"a/../../canary/pwn", b"pwned"))
     desc = raw_layer(store, data, compression)
     with pytest.raises(UnsafeArchiveEntry) as caught:
         unpack_layer(store, desc, Digest.of(data), tmp_path / "out")
-    assert caught.value.entry == "l/pwn"
+    assert caught.value.entry == "a/../../canary/pwn"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["canary", "store"]
+
+
+def test_writes_through_a_link_out_are_re_rooted(store: LocalContentStore, tmp_path: Path, canary: Path) -> None:
+    data = ht.archive(ht.symlink(b"l", os.fsencode(canary)), ht.file(b"l/pwn", b"pwned"))
+    unpack_layer(store, raw_layer(store, data), Digest.of(data), tmp_path / "out")
+    assert (tmp_path / "out" / str(canary).lstrip("/") / "pwn").read_bytes() == b"pwned"
+    assert os.readlink(tmp_path / "out" / "l") == str(canary)
 
 
 def test_truncated_archive(store: LocalContentStore, tmp_path: Path) -> None:
