@@ -5,7 +5,8 @@
     ContentStore, Writer     blobs by digest, verified on write and on read
                              (store.content: the contract; store.local: on disk)
     write_layer, unpack_layer  a directory to a layer blob and back (store.layer)
-    save, load, import_rootfs  OCI and Docker archives in and out (store.transfer)
+    save, load               OCI and Docker archives in and out (store.transfer)
+    import_rootfs            a root filesystem tarball as an image (store.rootfs)
 
 Everything raises subclasses of StoreError with one-line messages (store.errors).
 `store` never imports `grammar` or `builder`.
@@ -39,7 +40,8 @@ from .images import Image, Store, default_root
 from .layer import Layer, apply_layer, unpack_layer, write_layer
 from .local import LocalContentStore
 from .reference import Reference, parse_reference
-from .transfer import import_rootfs, load, save
+from .rootfs import import_rootfs
+from .transfer import load, save
 
 __all__ = [
     "AlreadyExists",

@@ -14,15 +14,15 @@ import re
 import zlib
 from collections import deque
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal, Protocol
 
 from .errors import LimitExceeded, MalformedDocument, UnsafeArchiveEntry
 
 if TYPE_CHECKING:
+    import tarfile
+    from collections.abc import Callable
 
-    from .digest import Digester
-
-__all__ = ["DEFAULT_LIMITS", "WHITEOUT_OPAQUE", "WHITEOUT_PREFIX", "Limits", "TarGuard", "Whiteouts"]
+__all__ = ["DEFAULT_LIMITS", "WHITEOUT_OPAQUE", "WHITEOUT_PREFIX", "Limits", "TarGuard", "Whiteouts", "clean_name"]
 
 
 WHITEOUT_PREFIX = ".wh."
@@ -38,6 +38,9 @@ ZEROS = bytes(BLOCK)
 PAD = tuple(bytes(n) for n in range(BLOCK))  # PAD[n]: n zero bytes
 END_OF_ARCHIVE = bytes(2 * BLOCK)  # end-of-archive marker
 CHUNK = 1 << 20
+# tarfile's stream reader copies what is left of its buffer on every read, so a
+# small buffer is cheaper than a large one for layers of many small files.
+_TAR_BUFFER = 64 << 10
 
 
 
@@ -57,6 +60,43 @@ DEFAULT_LIMITS = Limits()
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 OVERLAY_XATTR = re.compile(rb"(trusted|user)\.overlay\.(.*)", re.DOTALL)
 
+
+
+def clean_name(name: str, entry: str, limits: Limits, what: str) -> tuple[bytes, ...]:
+    """The components of entry name (or link target) `name`, lexically cleaned (design rule R2).
+
+    `.` and empty components go, `..` takes one back and may not climb above
+    the root, a leading `/` counts for nothing (absolute names are contained,
+    not refused); NUL, newline and names beyond `limits` are refused, naming
+    `entry`. Resolution of what is on disk is store.inroot's job.
+    """
+    raw = os.fsencode(name)
+    if b"\0" in raw:
+        raise UnsafeArchiveEntry(f"{what}: entry {entry!r}: NUL byte in the name", entry=entry)
+    if b"\n" in raw:
+        raise UnsafeArchiveEntry(f"{what}: entry {entry!r}: newline in the name", entry=entry)
+    if len(raw) > limits.max_path:
+        raise LimitExceeded(f"{what}: entry {entry!r}: name longer than {limits.max_path} bytes", limit=limits.max_path)
+    parts: list[bytes] = []
+    for part in raw.split(b"/"):
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if not parts:
+                raise UnsafeArchiveEntry(f"{what}: entry {entry!r}: its name leaves the root", entry=entry)
+            parts.pop()
+            continue
+        if len(part) > limits.max_component:
+            raise LimitExceeded(
+                f"{what}: entry {entry!r}: a name component longer than {limits.max_component} bytes",
+                limit=limits.max_component,
+            )
+        parts.append(part)
+    if len(parts) > limits.max_depth:
+        raise LimitExceeded(
+            f"{what}: entry {entry!r}: deeper than {limits.max_depth} directories", limit=limits.max_depth
+        )
+    return tuple(parts)
 
 
 # --------------------------------------------------------------------------- reading
@@ -87,6 +127,12 @@ class _Expect:
     name: str
 
 
+class ByteSink(Protocol):
+    """Where the guard hands every byte it reads: a Digester, or anything else with `update`."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+
 class TarGuard:
     """A reader of a tar stream that vets every header before a tar parser reads it.
 
@@ -95,11 +141,11 @@ class TarGuard:
     sparse files, unknown entry types, NULs hidden in names and odd PAX
     records (tarfile's PAX regular expressions backtrack badly on long digit
     runs), and raises MalformedDocument at an end of stream that is not an
-    end-of-archive marker. `expect()` yields, entry by entry, where the guard
-    saw each entry's data, so the parser's view can be checked against it.
+    end-of-archive marker. `visit()` parses the vetted stream, checking
+    entry by entry that the parser saw each entry's data where the guard did.
     """
 
-    def __init__(self, source: BinaryIO, limits: Limits, digester: Digester | None = None, what: str = "layer") -> None:
+    def __init__(self, source: BinaryIO, limits: Limits, digester: ByteSink | None = None, what: str = "layer") -> None:
         self._source = source
         self._limits = limits
         self._digester = digester
@@ -136,9 +182,30 @@ class TarGuard:
             self._pos = 0
         return out
 
-    def expect(self) -> _Expect:
-        """The next entry as the guard saw it (after the parser returned it)."""
-        return self._expected.popleft()
+    def visit(self, visitor: Callable[[tarfile.TarInfo, tarfile.TarFile], None]) -> None:
+        """Parse the guarded stream with CPython's tarfile, calling `visitor(info, tar)` for each entry.
+
+        Each entry's data offset and size are checked against what the guard
+        saw; tarfile errors (the visitor's reads included) become
+        MalformedDocument naming the entry; at the end the rest of the stream
+        is drained, so the digester has seen all of it.
+        """
+        import tarfile
+
+        try:
+            with tarfile.open(  # type: ignore[call-overload]
+                fileobj=self, mode="r|", bufsize=_TAR_BUFFER, encoding="utf-8", errors="surrogateescape"
+            ) as tar:
+                while (info := tar.next()) is not None:
+                    tar.members.clear()  # stream mode would keep every header in memory
+                    seen = self._expected.popleft()
+                    if info.offset_data != seen.data_offset or (info.isreg() and info.size != seen.size):
+                        raise MalformedDocument(f"{self._what}: tar readers disagree about entry {seen.name!r}")
+                    visitor(info, tar)
+        except tarfile.TarError as exc:
+            where = f" in entry {self._current!r}" if self._current else ""
+            raise MalformedDocument(f"{self._what}: malformed tar{where}: {exc}") from None
+        self.drain()
 
     def drain(self) -> None:
         """Read the rest of the stream (after the end marker) so it is hashed and verified."""
@@ -209,6 +276,8 @@ class TarGuard:
         return True
 
     def _truncated(self) -> None:
+        if self.size == 0:
+            raise MalformedDocument(f"{self._what}: empty, not a tar archive")
         where = f" in entry {self._current!r}" if self._current else ""
         raise MalformedDocument(
             f"{self._what}: tar stream ends at offset {self.size} without an end-of-archive marker{where} (truncated?)"
@@ -277,12 +346,17 @@ class TarGuard:
         return BLOCK
 
     def _check_block(self, block: bytes, offset: int) -> None:
-        stored = _nti(block[148:156], offset, self)
+        try:
+            stored = _nti(block[148:156], offset, self)
+        except MalformedDocument:
+            stored = -1
         # adler32's low half is 1 + the byte sum for up to 255 bytes: three parts.
         unsigned = 253 + sum(zlib.adler32(part) & 0xFFFF for part in (block[:148], block[156:356], block[356:]))
         if stored != unsigned:
             signed = 256 + sum(b - 256 if b > 127 else b for b in block[:148] + block[156:])
             if stored != signed:
+                if offset == 0:
+                    raise MalformedDocument(f"{self._what}: not a tar archive (no valid tar header at its start)")
                 self._malformed(offset, "bad header checksum")
         for field in (block[100:108], block[108:116], block[116:124], block[136:148], block[329:337], block[337:345]):
             _nti(field, offset, self)

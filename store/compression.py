@@ -21,7 +21,7 @@ from .errors import LimitExceeded, MalformedDocument, UnsupportedMediaType
 if TYPE_CHECKING:
     from types import TracebackType
 
-__all__ = ["Compression", "compressor", "decompressor", "sniff"]
+__all__ = ["Compression", "auto_decompressor", "compressor", "decompressor", "sniff"]
 
 ZSTD_LEVEL = 3
 GZIP_LEVEL = 6
@@ -172,3 +172,38 @@ def decompressor(kind: Compression, source: BinaryIO, *, limit: int, what: str =
     else:
         stream = source
     return io.BufferedReader(_Limited(stream, source, limit, what), buffer_size=1 << 20)  # type: ignore[arg-type]
+
+
+def auto_decompressor(stream: BinaryIO, *, limit: int, what: str) -> BinaryIO:
+    """`stream` with its gzip or zstd compression, if any (judged by its first bytes), undone.
+
+    For archives and tarballs from users, which may be compressed or not;
+    layers are never sniffed: their media type says (hostile-inputs decision 3).
+    """
+    if hasattr(stream, "peek"):
+        head = stream.peek(4)[:4]
+    else:
+        head = stream.read(4)
+        stream = _Prefixed(head, stream)  # type: ignore[assignment]
+    kind = sniff(head)
+    if kind is None:
+        return stream
+    return decompressor(kind, stream, limit=limit, what=what)
+
+
+class _Prefixed:
+    """Bytes already read from a stream, then the rest of it."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head, self._rest = head, rest
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            data, self._head = (
+                (self._head, b"") if size < 0 or size >= len(self._head) else (self._head[:size], self._head[size:])
+            )
+            return data
+        return self._rest.read(size)
+
+    def close(self) -> None:
+        pass

@@ -51,9 +51,15 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
     from types import TracebackType
 
-__all__ = ["ContentStore", "Info", "Writer", "copy_blob", "read_blob", "write_blob"]
+__all__ = ["BlobLease", "ContentStore", "Info", "Writer", "copy_blob", "read_blob", "write_blob"]
 
 CHUNK = 1 << 20
+
+
+class BlobLease(Protocol):
+    """What an importer needs of a GC lease (store.metadata.Lease): protect a blob before publishing it."""
+
+    def add_blob(self, digest: Digest) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

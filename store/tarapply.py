@@ -23,9 +23,21 @@ import tarfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO
 
-from .archive import CHUNK, DEFAULT_LIMITS, O_DIR, OVERLAY_XATTR, WH, WH_META, WH_OPAQUE, Limits, TarGuard, Whiteouts
+from .archive import (
+    CHUNK,
+    DEFAULT_LIMITS,
+    O_DIR,
+    OVERLAY_XATTR,
+    WH,
+    WH_META,
+    WH_OPAQUE,
+    Limits,
+    TarGuard,
+    Whiteouts,
+    clean_name,
+)
+from .errors import LimitExceeded, StoreError, UnsafeArchiveEntry
 from .inroot import Resolver, is_symlink
-from .errors import LimitExceeded, MalformedDocument, StoreError, UnsafeArchiveEntry
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -43,9 +55,6 @@ _O_NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 _O_META = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_ID_VALUE = 0xFFFFFFFE  # (uid_t)-1 means "no change" to chown
 _SKIPPED_KEPT = 1000
-# tarfile's stream reader copies what is left of its buffer on every read, so a
-# small buffer is cheaper than a large one for layers of many small files.
-_TAR_BUFFER = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,20 +95,7 @@ def apply_tar(
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     applier = _Applier(Resolver(root_fd, what, use_openat2), whiteouts, limits, what)
     try:
-        try:
-            with tarfile.open(  # type: ignore[call-overload]
-                fileobj=guard, mode="r|", bufsize=_TAR_BUFFER, encoding="utf-8", errors="surrogateescape"
-            ) as tar:
-                while (info := tar.next()) is not None:
-                    tar.members.clear()  # stream mode would keep every header in memory
-                    seen = guard.expect()
-                    if info.offset_data != seen.data_offset or (info.isreg() and info.size != seen.size):
-                        raise MalformedDocument(f"{what}: tar readers disagree about entry {seen.name!r}")
-                    applier.entry(info, tar)
-        except tarfile.TarError as exc:
-            where = f" in entry {guard._current!r}" if guard._current else ""
-            raise MalformedDocument(f"{what}: malformed tar{where}: {exc}") from None
-        guard.drain()
+        guard.visit(applier.entry)
         if verify is not None:
             verify()
         applier.finish()
@@ -123,7 +119,7 @@ class _Applier:
     # -- dispatch
     def entry(self, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         name = info.name
-        parts = self._clean(name, name)
+        parts = clean_name(name, name, self._limits, self._what)
         for part in parts[:-1]:
             if part.startswith(WH):
                 self._refuse(name, "a whiteout name used as a directory")
@@ -150,31 +146,6 @@ class _Applier:
             self._special(parts, name, info, 0o600)
         else:
             self._refuse(name, f"unsupported entry type {info.type!r}")
-
-    def _clean(self, name: str, entry: str) -> tuple[bytes, ...]:
-        raw = os.fsencode(name)
-        limits = self._limits
-        if b"\0" in raw:
-            self._refuse(entry, "NUL byte in the name")
-        if b"\n" in raw:
-            self._refuse(entry, "newline in the name")
-        if len(raw) > limits.max_path:
-            self._limit(entry, f"name longer than {limits.max_path} bytes", limits.max_path)
-        parts: list[bytes] = []
-        for part in raw.split(b"/"):
-            if part in (b"", b"."):
-                continue
-            if part == b"..":
-                if not parts:
-                    self._refuse(entry, "its name leaves the layer root")
-                parts.pop()
-                continue
-            if len(part) > limits.max_component:
-                self._limit(entry, f"a name component longer than {limits.max_component} bytes", limits.max_component)
-            parts.append(part)
-        if len(parts) > limits.max_depth:
-            self._limit(entry, f"deeper than {limits.max_depth} directories", limits.max_depth)
-        return tuple(parts)
 
     def _touch(self, parts: tuple[bytes, ...]) -> None:
         path = b"/".join(parts)
@@ -254,7 +225,7 @@ class _Applier:
         os.utime(base, ns=(mtime, mtime), dir_fd=pfd, follow_symlinks=False)
 
     def _hardlink(self, parts: tuple[bytes, ...], entry: str, info: tarfile.TarInfo) -> None:
-        target = self._clean(info.linkname, entry) if info.linkname else ()
+        target = clean_name(info.linkname, entry, self._limits, self._what) if info.linkname else ()
         if not target:
             self._refuse(entry, f"hard link to {info.linkname!r}")
         if target == parts:

@@ -1,4 +1,4 @@
-"""Images in and out of the store: `save` (OCI archive or layout directory, Docker archive), `load`, `import_rootfs`.
+"""Images in and out of the store: `save` (OCI archive or layout directory, Docker archive) and `load`.
 
 `load` streams an archive (plain, gzip or zstd tar; never extracted) or reads a layout directory into a
 private staging store, verifying every blob; only a complete, consistent set is linked into the store
@@ -8,26 +8,26 @@ private staging store, verifying every blob; only a complete, consistent set is 
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import logging
 import os
-import platform
 import re
 import shutil
 import stat
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO, Literal, Protocol, Self
+from pathlib import Path
+from typing import Any, BinaryIO, Literal, Self
 
-from .compression import Compression, compressor, decompressor, sniff
-from .content import CHUNK, copy_blob, read_blob, write_blob
+from .archive import Limits, TarGuard
+from .compression import Compression, auto_decompressor
+from .content import BlobLease, copy_blob, read_blob, write_blob
 from .descriptor import MAX_BLOB_SIZE, Descriptor, MediaType
-from .digest import Digest, Digester
+from .digest import Digest
 from .docker_archive import read_docker, write_docker
+from .durable import fsync_directory, replacing
 from .errors import (
     AlreadyExists,
     IntegrityError,
@@ -42,10 +42,6 @@ from .errors import (
 )
 from .image import (
     MAX_MANIFEST_SIZE,
-    HistoryEntry,
-    ImageConfig,
-    Manifest,
-    canonical_json,
     document_limit,
     load_json,
     parse_index,
@@ -63,7 +59,7 @@ from .oci_archive import (
 from .reference import Reference, parse_reference
 from .tags import CONTAINERD_NAME, REF_NAME, TagStore
 
-__all__ = ["ArchiveFormat", "Lease", "LoadedImage", "import_rootfs", "load", "save"]
+__all__ = ["ArchiveFormat", "LoadedImage", "load", "save"]
 
 log = logging.getLogger(__name__)
 
@@ -76,12 +72,7 @@ _SMALL_FILES = {
 }
 _BLOB_MEMBER = re.compile(r"blobs/([^/]+)/([^/]+)")
 _MAX_NAME = 4096
-
-
-class Lease(Protocol):
-    """What load and import need of a GC lease (store.metadata.Lease): protect a blob before it is published."""
-
-    def add_blob(self, digest: Digest) -> None: ...
+_ARCHIVE_LIMITS = Limits(max_entries=100_000, max_size=MAX_BLOB_SIZE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +93,7 @@ def save(
     *,
     format: ArchiveFormat = "oci",
     compression: Compression | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> None:
     """Write `images` (tag or None, manifest or index descriptor) to `dest`.
 
@@ -109,6 +101,7 @@ def save(
     "docker" a `docker save` archive. `compression` recompresses layers (for
     docker: NONE, the default, or GZIP). Every blob is checked present before
     anything is written; a file or directory `dest` appears only when complete.
+    `progress(n)` hears of every n bytes of file content written.
     """
     refs = [(_as_reference(ref), descriptor) for ref, descriptor in images]
     graphs: dict[Digest, ImageGraph] = {}
@@ -120,7 +113,7 @@ def save(
         for ref, descriptor in refs:
             if ref is not None:
                 grouped[descriptor.digest].append(ref)
-        with _output(dest, directory=False) as (out, scratch):
+        with _output(dest, directory=False, progress=progress) as (out, scratch):
             write_docker(
                 store,
                 [(grouped[d], graphs[d]) for d in graphs],
@@ -129,7 +122,7 @@ def save(
                 scratch=scratch,
             )
     elif format in ("oci", "oci-dir"):
-        with _output(dest, directory=format == "oci-dir") as (out, scratch):
+        with _output(dest, directory=format == "oci-dir", progress=progress) as (out, scratch):
             write_layout(
                 store, [(ref, graphs[d.digest]) for ref, d in refs], out, compression=compression, scratch=scratch
             )
@@ -138,12 +131,14 @@ def save(
 
 
 @contextlib.contextmanager
-def _output(dest: str | os.PathLike[str] | BinaryIO, *, directory: bool) -> Iterator[tuple[Any, Path | None]]:
+def _output(
+    dest: str | os.PathLike[str] | BinaryIO, *, directory: bool, progress: Callable[[int], None] | None
+) -> Iterator[tuple[Any, Path | None]]:
     if hasattr(dest, "write"):
         if directory:
             raise ValueError("an OCI layout directory needs a path, not a stream")
         out = TarOutput(dest)  # type: ignore[arg-type]
-        yield out, None
+        yield _reporting(out, progress), None
         out.close()
         return
     path = Path(dest)  # type: ignore[arg-type]
@@ -153,27 +148,44 @@ def _output(dest: str | os.PathLike[str] | BinaryIO, *, directory: bool) -> Iter
         temp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
         os.chmod(temp, 0o755)
         try:
-            yield DirOutput(temp), path.parent
+            yield _reporting(DirOutput(temp), progress), path.parent
             os.rename(temp, path)
         except BaseException:
             shutil.rmtree(temp, ignore_errors=True)
             raise
+        fsync_directory(path.parent)
     else:
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                tar = TarOutput(f)
-                yield tar, path.parent
-                tar.close()
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(name, 0o644)
-            os.replace(name, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name)
-            raise
-    _fsync_directory(path.parent)
+        with replacing(path) as f:
+            tar = TarOutput(f)
+            yield _reporting(tar, progress), path.parent
+            tar.close()
+
+
+def _reporting(out: TarOutput | DirOutput, progress: Callable[[int], None] | None) -> Any:
+    return out if progress is None else _ReportingOutput(out, progress)
+
+
+class _ReportingOutput:
+    """An archive output that reports the bytes of every file added to it."""
+
+    def __init__(self, out: TarOutput | DirOutput, progress: Callable[[int], None]) -> None:
+        self._out, self._progress = out, progress
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._out, name)
+
+    def add_file(self, name: str, source: BinaryIO, size: int) -> None:
+        self._out.add_file(name, _ReportingReader(source, self._progress), size)
+
+
+class _ReportingReader:
+    def __init__(self, source: BinaryIO, progress: Callable[[int], None]) -> None:
+        self._source, self._progress = source, progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        self._progress(len(data))
+        return data
 
 
 # ---- load ---------------------------------------------------------------------
@@ -185,7 +197,7 @@ def load(
     *,
     compression: Compression = Compression.ZSTD,
     replace_tags: bool = False,
-    lease: Lease | None = None,
+    lease: BlobLease | None = None,
 ) -> list[LoadedImage]:
     """Load every image of an OCI archive, OCI layout directory or Docker archive; all or nothing.
 
@@ -253,7 +265,7 @@ class _Staging:
         with contextlib.suppress(OSError):
             self.parent.rmdir()
 
-    def publish(self, blobs: list[Descriptor], lease: Lease | None) -> None:
+    def publish(self, blobs: list[Descriptor], lease: BlobLease | None) -> None:
         """Link verified staged blobs into the store, in order; a blob already there is success."""
         touched = set()
         for descriptor in blobs:
@@ -271,7 +283,7 @@ class _Staging:
                 copy_blob(self.content, self.store, descriptor)
             touched.add(target.parent)
         for directory in touched:
-            _fsync_directory(directory)
+            fsync_directory(directory)
 
 
 class _StagedSource:
@@ -302,7 +314,7 @@ class _StagedSource:
 def _load_archive(
     stream: BinaryIO, staging: _Staging, archive: str, compression: Compression
 ) -> list[tuple[Reference | None, ImageGraph]]:
-    small, members = _stage_members(_decompressed(stream, archive), staging, archive)
+    small, members = _stage_members(auto_decompressor(stream, limit=MAX_BLOB_SIZE, what=archive), staging, archive)
     source = _StagedSource(staging, archive)
     if "index.json" in small or "oci-layout" in small:
         _check_layout(small.get("oci-layout"), archive)
@@ -321,70 +333,34 @@ def _load_archive(
     )
 
 
-def _decompressed(stream: BinaryIO, archive: str) -> BinaryIO:
-    """`stream` with its gzip or zstd compression (if any, judged by its first bytes) undone."""
-    if hasattr(stream, "peek"):
-        head = stream.peek(4)[:4]
-    else:
-        head = stream.read(4)
-        stream = _Prefixed(head, stream)  # type: ignore[assignment]
-    kind = sniff(head)
-    if kind is None:
-        return stream
-    return decompressor(kind, stream, limit=MAX_BLOB_SIZE, what=archive)
-
-
-class _Prefixed:
-    """Bytes already read from a stream, then the rest of it."""
-
-    def __init__(self, head: bytes, rest: BinaryIO) -> None:
-        self._head, self._rest = head, rest
-
-    def read(self, size: int = -1) -> bytes:
-        if self._head:
-            data, self._head = (
-                (self._head, b"") if size < 0 or size >= len(self._head) else (self._head[:size], self._head[size:])
-            )
-            return data
-        return self._rest.read(size)
-
-    def close(self) -> None:
-        pass
-
-
 def _stage_members(stream: BinaryIO, staging: _Staging, archive: str) -> tuple[dict[str, bytes], dict[str, Descriptor]]:
     """Read the tar once: small control files into memory, every other file into the staging store."""
     small: dict[str, bytes] = {}
     members: dict[str, Descriptor] = {}
-    name = None
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tar:
-            for member in tar:
-                name = _member_name(member.name, archive)
-                if member.isdir():
-                    continue
-                if not member.isreg() or member.issparse() or not name:
-                    raise UnsafeArchiveEntry(
-                        f"{archive}: member {name!r} is a link or special file, not a regular file", entry=name
-                    )
-                if name in small or name in members:
-                    raise MalformedDocument(f"{archive}: member {name!r} appears twice")
-                data = tar.extractfile(member)
-                assert data is not None
-                if name in _SMALL_FILES:
-                    if member.size > _SMALL_FILES[name]:
-                        raise LimitExceeded(
-                            f"{archive}: member {name}: {member.size} bytes is more than the "
-                            f"{_SMALL_FILES[name]} allowed",
-                            limit=_SMALL_FILES[name],
-                        )
-                    small[name] = data.read()
-                else:
-                    members[name] = _stage_blob(data, member.size, name, staging, archive)
-            name = None
-    except tarfile.TarError as exc:
-        at = f" (member {name})" if name else ""
-        raise MalformedDocument(f"{archive}: truncated or not a tar archive{at}: {exc}") from None
+
+    def stage(member: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
+        name = _member_name(member.name, archive)
+        if member.isdir():
+            return
+        if not member.isreg() or not name:
+            raise UnsafeArchiveEntry(
+                f"{archive}: member {name!r} is a link or special file, not a regular file", entry=name
+            )
+        if name in small or name in members:
+            raise MalformedDocument(f"{archive}: member {name!r} appears twice")
+        data = tar.extractfile(member)
+        assert data is not None
+        if name in _SMALL_FILES:
+            if member.size > _SMALL_FILES[name]:
+                raise LimitExceeded(
+                    f"{archive}: member {name}: {member.size} bytes is more than the {_SMALL_FILES[name]} allowed",
+                    limit=_SMALL_FILES[name],
+                )
+            small[name] = data.read()
+        else:
+            members[name] = _stage_blob(data, member.size, name, staging, archive)
+
+    TarGuard(stream, _ARCHIVE_LIMITS, what=archive).visit(stage)
     return small, members
 
 
@@ -539,126 +515,5 @@ def _is_regular(fd: int) -> bool:
     return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
-# ---- import_rootfs ------------------------------------------------------------
-
-
-def import_rootfs(
-    store: LocalContentStore,
-    source: str | os.PathLike[str] | BinaryIO,
-    ref: str | Reference | None,
-    *,
-    compression: Compression = Compression.ZSTD,
-    created: datetime.datetime | None = None,
-    comment: str = "imported from a root filesystem tarball",
-    lease: Lease | None = None,
-) -> Descriptor:
-    """A one-layer image from a root-filesystem tarball (plain, gzip or zstd), like `docker import`.
-
-    The tar is checked entry by entry but never extracted; its uncompressed
-    digest becomes the diff_id while it is recompressed. The config records
-    this host's platform. Tags `ref` (if given) and returns the manifest.
-    """
-    tag = _as_reference(ref)
-    when = (created or datetime.datetime.now(datetime.UTC)).astimezone(datetime.UTC)
-    stamp = when.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
-    if hasattr(source, "read"):
-        layer, diff_id = _import_layer(store, source, compression, lease)  # type: ignore[arg-type]
-    else:
-        with open(source, "rb") as f:  # type: ignore[arg-type]
-            layer, diff_id = _import_layer(store, f, compression, lease)
-    architecture, variant = _host_platform()
-    config = ImageConfig(
-        architecture=architecture,
-        variant=variant,
-        os="linux",
-        diff_ids=(diff_id,),
-        created=stamp,
-        history=(HistoryEntry(created=stamp, created_by="pybuild import", comment=comment),),
-    )
-    config_descriptor = write_blob(store, canonical_json(config), MediaType.CONFIG)
-    manifest = write_blob(
-        store, canonical_json(Manifest(config=config_descriptor, layers=(layer,))), MediaType.MANIFEST
-    )
-    for blob in (config_descriptor, manifest):
-        if lease is not None:
-            lease.add_blob(blob.digest)
-    if tag is not None:
-        TagStore(store.root).set(tag, manifest)
-    return manifest
-
-
-def _import_layer(
-    store: LocalContentStore, raw: BinaryIO, compression: Compression, lease: Lease | None
-) -> tuple[Descriptor, Digest]:
-    plain = _decompressed(raw, "rootfs")
-    digester = Digester()
-    with store.writer() as w:
-        out = compressor(compression, w)  # type: ignore[arg-type]
-        tee = _Tee(plain, lambda chunk: (digester.update(chunk), out.write(chunk)))
-        try:
-            with tarfile.open(fileobj=tee, mode="r|") as tar:  # type: ignore[call-overload]
-                for member in tar:
-                    _check_rootfs_entry(member)
-        except tarfile.TarError as exc:
-            raise MalformedDocument(f"rootfs: not a tar archive: {exc}") from None
-        while tee.read(CHUNK):  # the end-of-archive padding is part of the layer too
-            pass
-        out.close()
-        if lease is not None:
-            lease.add_blob(w.digest())
-        info = w.commit()
-    return Descriptor(compression.layer_media_type, info.digest, info.size), digester.digest()
-
-
-class _Tee:
-    """Reads from `source` and hands every byte read to `sink` as well."""
-
-    def __init__(self, source: BinaryIO, sink: Any) -> None:
-        self._source, self._sink = source, sink
-
-    def read(self, size: int = -1) -> bytes:
-        data = self._source.read(size if size >= 0 else CHUNK)
-        if data:
-            self._sink(data)
-        return data
-
-
-def _check_rootfs_entry(member: tarfile.TarInfo) -> None:
-    # A first lexical filter only; extraction resolves every path in-root (R1).
-    for label, name in (("entry", member.name), ("hardlink target", member.linkname if member.islnk() else "")):
-        depth = 0
-        for part in PurePosixPath("/" + name).parts[1:] if name else ():
-            depth += -1 if part == ".." else 0 if part == "." else 1
-            if depth < 0:
-                raise UnsafeArchiveEntry(f"rootfs {label} {name[:200]!r} escapes the root", entry=member.name)
-        if "\0" in name or len(name) > _MAX_NAME:
-            raise UnsafeArchiveEntry(f"rootfs {label} {name[:200]!r} is not a valid path", entry=member.name)
-
-
-def _host_platform() -> tuple[str, str | None]:
-    machine = platform.machine().lower()
-    return {
-        "x86_64": ("amd64", None),
-        "amd64": ("amd64", None),
-        "aarch64": ("arm64", "v8"),
-        "arm64": ("arm64", "v8"),
-        "armv7l": ("arm", "v7"),
-        "armv6l": ("arm", "v6"),
-        "i386": ("386", None),
-        "i686": ("386", None),
-        "ppc64le": ("ppc64le", None),
-        "s390x": ("s390x", None),
-        "riscv64": ("riscv64", None),
-    }.get(machine, (machine, None))
-
-
 def _as_reference(ref: str | Reference | None) -> Reference | None:
     return parse_reference(ref) if isinstance(ref, str) else ref
-
-
-def _fsync_directory(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

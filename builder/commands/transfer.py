@@ -17,7 +17,7 @@ __all__ = ["import_", "load", "save"]
 
 
 class _Counting(io.RawIOBase):
-    """A reader or writer that reports every byte to a progress callback."""
+    """A reader that reports every byte it reads to a progress callback."""
 
     def __init__(self, stream: BinaryIO, advance: Callable[[int], None]) -> None:
         super().__init__()
@@ -27,18 +27,10 @@ class _Counting(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def writable(self) -> bool:
-        return True
-
     def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
         count = self._stream.readinto(buffer)  # type: ignore[attr-defined]
         self._advance(count or 0)
         return count  # type: ignore[no-any-return]
-
-    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
-        count = self._stream.write(data)
-        self._advance(count)
-        return count
 
 
 def _compression(value: object) -> object:
@@ -58,7 +50,15 @@ def save(args: dict[str, object], console: Console) -> int:
     fmt = str(args["format"])
     if fmt not in ("oci", "oci-dir", "docker"):
         raise _usage(f"unknown --format {fmt!r}: use oci, oci-dir or docker")
-    save_images(store.content, images, str(args["output"]), format=fmt, compression=_compression(args["compression"]))  # type: ignore[arg-type]
+    with console.progress("saving") as advance:
+        save_images(
+            store.content,
+            images,
+            str(args["output"]),
+            format=fmt,  # type: ignore[arg-type]
+            compression=_compression(args["compression"]),  # type: ignore[arg-type]
+            progress=advance,
+        )
     console.print(f"saved {len(images)} image{'s' * (len(images) != 1)} to {args['output']}")
     return 0
 
@@ -82,7 +82,7 @@ def load(args: dict[str, object], console: Console) -> int:
 
 def import_(args: dict[str, object], console: Console) -> int:
     from store.reference import parse_reference
-    from store.transfer import import_rootfs
+    from store.rootfs import import_rootfs
 
     store = open_store(args)
     ref = parse_reference(str(args["name"]))
@@ -91,11 +91,11 @@ def import_(args: dict[str, object], console: Console) -> int:
         if source == "-":
             import sys
 
-            descriptor = import_rootfs(store.content, sys.stdin.buffer, ref, lease=lease)
+            descriptor = import_rootfs(store.content, sys.stdin.buffer, ref, lease=lease, name="stdin")
         else:
             with open(source, "rb") as f, console.progress("importing", os.fstat(f.fileno()).st_size) as advance:
                 reader = io.BufferedReader(_Counting(f, advance), 1 << 20)  # type: ignore[arg-type]
-                descriptor = import_rootfs(store.content, reader, ref, lease=lease)
+                descriptor = import_rootfs(store.content, reader, ref, lease=lease, name=source)
     console.print(f"{ref}: {descriptor.digest}")
     return 0
 

@@ -12,7 +12,7 @@ from store.descriptor import Descriptor, MediaType
 from store.errors import InvalidReference, NotFound, StoreError
 from store.image import Index, canonical_json
 from store.images import Store, default_root
-from store.transfer import import_rootfs
+from store.rootfs import import_rootfs
 
 
 def test_default_root() -> None:

@@ -37,8 +37,9 @@ from store.errors import (
 from store.image import parse_config, parse_manifest
 from store.local import LocalContentStore
 from store.reference import parse_reference
+from store.rootfs import import_rootfs
 from store.tags import TagStore
-from store.transfer import import_rootfs, load, save
+from store.transfer import load, save
 
 NAME = "docker.io/library/busybox:latest"
 CREATED = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
@@ -413,7 +414,7 @@ def _largest(members: list[tuple[tarfile.TarInfo, bytes | None]]) -> int:
         ("absolute", UnsafeArchiveEntry, "unsafe member name '/evil'"),
         ("missing-blob", MalformedDocument, "layer 0 sha256:[0-9a-f]{64}: blob missing from"),
         ("wrong-bytes", DigestMismatch, "member blobs/sha256/[0-9a-f]{64}: content is sha256:"),
-        ("truncated", MalformedDocument, "truncated or not a tar archive"),
+        ("truncated", MalformedDocument, "without an end-of-archive marker in entry 'blobs/sha256/"),
         ("big-manifest", LimitExceeded, "bytes is more than the 4194304 allowed"),
     ],
 )

@@ -33,8 +33,10 @@ from store.errors import (
 from store.image import Index, Manifest, canonical_json, parse_config, parse_manifest
 from store.local import LocalContentStore
 from store.reference import parse_reference
+from store.rootfs import import_rootfs
 from store.tags import REF_NAME, TagStore
-from store.transfer import LoadedImage, import_rootfs, load, save
+from store.transfer import LoadedImage, load, save
+from tests.store import hostile_tar as ht
 
 CREATED = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 
@@ -154,10 +156,13 @@ def test_import_rootfs_can_store_gzip_layers(store: LocalContentStore) -> None:
 @pytest.mark.parametrize(
     ("data", "error", "fragment"),
     [
-        (_tar([("../escape", b"x")]), UnsafeArchiveEntry, "rootfs entry '../escape' escapes the root"),
-        (_tar([("a/../../escape", b"x")]), UnsafeArchiveEntry, "escapes the root"),
+        (_tar([("../escape", b"x")]), UnsafeArchiveEntry, "rootfs: entry '../escape': its name leaves the root"),
+        (_tar([("a/../../escape", b"x")]), UnsafeArchiveEntry, "leaves the root"),
+        (_tar([("x" * 5000, b"x")]), LimitExceeded, "name longer than 4096 bytes"),
         (b"not a tar at all" * 100, MalformedDocument, "rootfs: not a tar archive"),
-        (b"", MalformedDocument, "rootfs: not a tar archive"),
+        (b"", MalformedDocument, "rootfs: empty, not a tar archive"),
+        (ht.archive(ht.pax({b"comment": b"1" * 100_000}) + ht.file(b"f")), MalformedDocument, "rootfs: .*digits"),
+        (_tar([("f", b"x" * 2000)])[:1024], MalformedDocument, "rootfs: tar stream ends .* in entry 'f' .truncated"),
         (gzip.compress(b"garbage" * 100), MalformedDocument, "rootfs"),
     ],
 )
@@ -300,6 +305,19 @@ def test_lease_sees_every_published_blob(store: LocalContentStore, image: Descri
 
 
 # ---- save refusals --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["oci", "docker", "oci-dir"])
+def test_save_reports_the_bytes_it_writes(store: LocalContentStore, image: Descriptor, tmp_path: Path, fmt: str) -> None:
+    seen: list[int] = []
+    out = tmp_path / "out"
+    save(store, [("demo:1", image)], out, format=fmt, progress=seen.append)  # type: ignore[arg-type]
+    if fmt == "oci-dir":
+        written = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    else:
+        with tarfile.open(out) as tar:
+            written = sum(m.size for m in tar if m.isreg())
+    assert sum(seen) == written > 0
 
 
 def test_save_fails_before_writing_when_a_blob_is_missing(
@@ -446,9 +464,9 @@ HOSTILE_OCI = [
     ("config-as-image", UnsupportedMediaType, "is not an image manifest or index"),
     ("many-entries", LimitExceeded, "index.json lists more than 1024 images"),
     ("tag-twice", MalformedDocument, "tag docker.io/library/demo:1 names two different images"),
-    ("truncated", MalformedDocument, "truncated or not a tar archive \\(member blobs/sha256/[0-9a-f]{64}\\)"),
-    ("not-a-tar", MalformedDocument, "truncated or not a tar archive"),
-    ("empty", MalformedDocument, "truncated or not a tar archive"),
+    ("truncated", MalformedDocument, "without an end-of-archive marker in entry 'blobs/sha256/[0-9a-f]{64}' .truncated"),
+    ("not-a-tar", MalformedDocument, "not a tar archive"),
+    ("empty", MalformedDocument, "empty, not a tar archive"),
     ("neither", MalformedDocument, "neither an OCI layout"),
 ]
 
