@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     import tarfile
     from collections.abc import Callable
 
-__all__ = ["DEFAULT_LIMITS", "WHITEOUT_OPAQUE", "WHITEOUT_PREFIX", "Limits", "TarGuard", "Whiteouts", "clean_name"]
+__all__ = ["DEFAULT_LIMITS", "WHITEOUT_OPAQUE", "WHITEOUT_PREFIX", "Limits", "TarGuard", "Whiteouts"]
 
 
 WHITEOUT_PREFIX = ".wh."
@@ -60,43 +60,6 @@ DEFAULT_LIMITS = Limits()
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 OVERLAY_XATTR = re.compile(rb"(trusted|user)\.overlay\.(.*)", re.DOTALL)
 
-
-
-def clean_name(name: str, entry: str, limits: Limits, what: str) -> tuple[bytes, ...]:
-    """The components of entry name (or link target) `name`, lexically cleaned (design rule R2).
-
-    `.` and empty components go, `..` takes one back and may not climb above
-    the root, a leading `/` counts for nothing (absolute names are contained,
-    not refused); NUL, newline and names beyond `limits` are refused, naming
-    `entry`. Resolution of what is on disk is store.inroot's job.
-    """
-    raw = os.fsencode(name)
-    if b"\0" in raw:
-        raise UnsafeArchiveEntry(f"{what}: entry {entry!r}: NUL byte in the name", entry=entry)
-    if b"\n" in raw:
-        raise UnsafeArchiveEntry(f"{what}: entry {entry!r}: newline in the name", entry=entry)
-    if len(raw) > limits.max_path:
-        raise LimitExceeded(f"{what}: entry {entry!r}: name longer than {limits.max_path} bytes", limit=limits.max_path)
-    parts: list[bytes] = []
-    for part in raw.split(b"/"):
-        if part in (b"", b"."):
-            continue
-        if part == b"..":
-            if not parts:
-                raise UnsafeArchiveEntry(f"{what}: entry {entry!r}: its name leaves the root", entry=entry)
-            parts.pop()
-            continue
-        if len(part) > limits.max_component:
-            raise LimitExceeded(
-                f"{what}: entry {entry!r}: a name component longer than {limits.max_component} bytes",
-                limit=limits.max_component,
-            )
-        parts.append(part)
-    if len(parts) > limits.max_depth:
-        raise LimitExceeded(
-            f"{what}: entry {entry!r}: deeper than {limits.max_depth} directories", limit=limits.max_depth
-        )
-    return tuple(parts)
 
 
 # --------------------------------------------------------------------------- reading

@@ -1,9 +1,9 @@
 """`import_rootfs`: a one-layer image from a root-filesystem tarball, like `docker import`.
 
 The tarball (plain, gzip or zstd) is never extracted: it is read once through
-the same guard and lexical name policy as any layer, so what is imported is
-what `unpack_layer` will later accept, while its bytes are hashed (the
-diff_id) and recompressed into the store.
+the same guard and entry-name policy (store.entrynames) as any layer, so what
+is imported is what `unpack_layer` will later accept, while its bytes are
+hashed (the diff_id) and recompressed into the store.
 """
 
 from __future__ import annotations
@@ -12,18 +12,17 @@ import datetime
 import os
 from typing import TYPE_CHECKING, BinaryIO
 
-from .archive import DEFAULT_LIMITS, Limits, TarGuard, clean_name
+from .archive import DEFAULT_LIMITS, Limits, TarGuard
 from .compression import Compression, auto_decompressor, compressor
 from .content import write_blob
 from .descriptor import MAX_BLOB_SIZE, Descriptor, MediaType
 from .digest import Digest, Digester
+from .entrynames import EntryNames
 from .image import HistoryEntry, ImageConfig, Manifest, canonical_json, host_platform
 from .reference import Reference, parse_reference
 from .tags import TagStore
 
 if TYPE_CHECKING:
-    import tarfile
-
     from .content import BlobLease
     from .local import LocalContentStore
 
@@ -44,9 +43,9 @@ def import_rootfs(
 ) -> Descriptor:
     """Store `source` as a one-layer image for this host's platform; tag it `ref` if given; return the manifest.
 
-    The uncompressed tar, byte for byte, is the layer's diff_id. Entries whose
-    names climb out of the root, or that break `limits`, are refused, naming
-    the entry; absolute names are kept (they are contained when unpacked).
+    The uncompressed tar, byte for byte, is the layer's diff_id. Entries whose names
+    are absolute or climb out of the root, that write through a link out of
+    it, or that break `limits`, are refused, naming the entry.
     Messages call a path `source` by its path, a stream by `name`.
     """
     tag = parse_reference(ref) if isinstance(ref, str) else ref
@@ -90,7 +89,8 @@ def _import_layer(
     with store.writer() as w:
         out = compressor(compression, w)  # type: ignore[arg-type]
         sink = _Sink(out)
-        TarGuard(plain, limits, sink, what).visit(lambda info, _: _check_entry(info, limits, what))
+        names = EntryNames(limits, what)
+        TarGuard(plain, limits, sink, what).visit(lambda info, _: names.check(info))
         out.close()
         if lease is not None:
             lease.add_blob(w.digest())
@@ -108,9 +108,3 @@ class _Sink:
     def update(self, data: bytes) -> None:
         self.digester.update(data)
         self._out.write(data)
-
-
-def _check_entry(info: tarfile.TarInfo, limits: Limits, what: str) -> None:
-    clean_name(info.name, info.name, limits, what)
-    if info.islnk():
-        clean_name(info.linkname, info.name, limits, what)

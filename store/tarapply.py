@@ -1,15 +1,16 @@
 """Applying a layer tar to a directory, keeping every effect inside it.
 
-Policy, in short: names that hold NUL or newline, or climb out with `..`,
-are refused; absolute names are taken as relative to the root. Paths through
-symbolic links resolve as they would in a container with the target as its
-root (an absolute link target starts again at the root, `..` stops there), so
-nothing is written outside it. Symbolic link targets are stored verbatim. Hard links must point at an existing non-directory inside the
-root. Whiteouts hide lower content only: `.wh.<name>` removes <name>,
-`.wh..wh..opq` removes whatever in its directory this layer did not put there,
-whatever the entry order. Ownership and device nodes need root; a character
-device 0:0 is never created (it would read as an OverlayFS whiteout).
-OverlayFS xattrs are dropped on the way in.
+Policy, in short: what the headers alone can show is store.entrynames' to
+refuse (absolute names, `..` out of the root, writes through a symbolic link
+this same layer made that leads out of it). Links already in the target (from
+lower layers) resolve as they would in a container with the target as its
+root: `var/run -> /run` leads to `<target>/run`, so nothing is written outside
+it. Symbolic link targets are stored verbatim. Hard links must point at an
+existing non-directory inside the root. Whiteouts hide lower content only:
+`.wh.<name>` removes <name>, `.wh..wh..opq` removes whatever in its directory
+this layer did not put there, whatever the entry order. Ownership and device
+nodes need root; a character device 0:0 is never created (it would read as an
+OverlayFS whiteout). OverlayFS xattrs are dropped on the way in.
 """
 
 from __future__ import annotations
@@ -29,14 +30,13 @@ from .archive import (
     O_DIR,
     OVERLAY_XATTR,
     WH,
-    WH_META,
     WH_OPAQUE,
     Limits,
     TarGuard,
     Whiteouts,
-    clean_name,
 )
-from .errors import LimitExceeded, StoreError, UnsafeArchiveEntry
+from .entrynames import EntryNames
+from .errors import StoreError, UnsafeArchiveEntry
 from .inroot import Resolver, is_symlink
 
 if TYPE_CHECKING:
@@ -107,9 +107,9 @@ def apply_tar(
 
 class _Applier:
     def __init__(self, resolver: Resolver, whiteouts: Whiteouts, limits: Limits, what: str) -> None:
+        self._names = EntryNames(limits, what)
         self._resolver = resolver
         self._overlay = whiteouts == "overlay"
-        self._limits = limits
         self._what = what
         self._owner = os.geteuid() == 0  # ownership, devices: only as root
         self._touched: set[bytes] = set()  # this layer's paths and their parents
@@ -119,14 +119,9 @@ class _Applier:
     # -- dispatch
     def entry(self, info: tarfile.TarInfo, tar: tarfile.TarFile) -> None:
         name = info.name
-        parts = clean_name(name, name, self._limits, self._what)
-        for part in parts[:-1]:
-            if part.startswith(WH):
-                self._refuse(name, "a whiteout name used as a directory")
+        parts, link = self._names.check(info)
         if not parts:
-            if info.isdir():
-                return  # the root itself: its metadata belongs to whoever owns the target
-            self._refuse(name, "it would replace the layer root")
+            return  # the root directory: its metadata belongs to whoever owns the target
         base = parts[-1]
         if base.startswith(WH):
             self._whiteout_entry(parts, name)
@@ -139,7 +134,8 @@ class _Applier:
         elif info.issym():
             self._symlink(parts, name, info)
         elif info.islnk():
-            self._hardlink(parts, name, info)
+            assert link is not None
+            self._hardlink(parts, name, link, info.linkname)
         elif info.ischr() or info.isblk():
             self._device(parts, name, info)
         elif info.isfifo():
@@ -204,10 +200,6 @@ class _Applier:
     def _symlink(self, parts: tuple[bytes, ...], entry: str, info: tarfile.TarInfo) -> None:
         uid, gid, mtime = self._ids_and_time(entry, info)
         target = os.fsencode(info.linkname)
-        if not target or b"\0" in target:
-            self._refuse(entry, "empty symbolic link target")
-        if len(target) > self._limits.max_path:
-            self._limit(entry, f"link target longer than {self._limits.max_path} bytes", self._limits.max_path)
         pfd = self._resolver.parent(parts, entry)
         base = parts[-1]
         try:
@@ -224,22 +216,19 @@ class _Applier:
                 self._setxattr(entry, path, key, value, False)
         os.utime(base, ns=(mtime, mtime), dir_fd=pfd, follow_symlinks=False)
 
-    def _hardlink(self, parts: tuple[bytes, ...], entry: str, info: tarfile.TarInfo) -> None:
-        target = clean_name(info.linkname, entry, self._limits, self._what) if info.linkname else ()
-        if not target:
-            self._refuse(entry, f"hard link to {info.linkname!r}")
+    def _hardlink(self, parts: tuple[bytes, ...], entry: str, target: tuple[bytes, ...], linkname: str) -> None:
         if target == parts:
             return
         tfd = self._resolver.open_dir(target[:-1], entry, create=False)
         if tfd is None:
-            self._refuse(entry, f"hard link target {info.linkname!r} is not in the layer root")
+            self._refuse(entry, f"hard link target {linkname!r} is not in the layer root")
         try:
             try:
                 st = os.stat(target[-1], dir_fd=tfd, follow_symlinks=False)
             except FileNotFoundError:
-                self._refuse(entry, f"hard link target {info.linkname!r} is not in the layer root")
+                self._refuse(entry, f"hard link target {linkname!r} is not in the layer root")
             if stat.S_ISDIR(st.st_mode):
-                self._refuse(entry, f"hard link to the directory {info.linkname!r}")
+                self._refuse(entry, f"hard link to the directory {linkname!r}")
             pfd = self._resolver.parent(parts, entry)
             base = parts[-1]
             try:
@@ -299,11 +288,7 @@ class _Applier:
         if base == WH_OPAQUE:
             self._opaque(where, entry)
             return
-        if base.startswith(WH_META):
-            self._refuse(entry, "a whiteout of a whiteout")
         victim = base[len(WH) :]
-        if victim in (b"", b".", b".."):
-            self._refuse(entry, "a whiteout that names no file")
         path = b"/".join((*where, victim))
         own = path in self._touched  # whiteouts hide lower layers only, never this layer's own files
         if own and self._overlay:
@@ -433,9 +418,6 @@ class _Applier:
 
     def _refuse(self, entry: str, why: str) -> None:
         raise UnsafeArchiveEntry(f"{self._what}: entry {entry!r}: {why}", entry=entry)
-
-    def _limit(self, entry: str, why: str, limit: int) -> None:
-        raise LimitExceeded(f"{self._what}: entry {entry!r}: {why}", limit=limit)
 
     # -- the end
     def finish(self) -> None:

@@ -18,7 +18,19 @@ import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .archive import BLOCK, CHUNK, DEFAULT_LIMITS, END_OF_ARCHIVE, O_DIR, OVERLAY_XATTR, PAD, WH, WH_OPAQUE, WHITEOUT_PREFIX, Limits
+from .archive import (
+    BLOCK,
+    CHUNK,
+    DEFAULT_LIMITS,
+    END_OF_ARCHIVE,
+    O_DIR,
+    OVERLAY_XATTR,
+    PAD,
+    WH,
+    WH_OPAQUE,
+    WHITEOUT_PREFIX,
+    Limits,
+)
 from .errors import LimitExceeded, StoreError, UnsafeArchiveEntry
 
 if TYPE_CHECKING:

@@ -412,6 +412,24 @@ def hostile_cases(canary: Path) -> list[tuple[str, bytes, str]]:
     return [
         ("dotdot", ht.archive(ht.file(b"../canary/evil", b"pwned")), "../canary/evil"),
         ("inner-dotdot", ht.archive(ht.file(b"a/../../canary/evil", b"pwned")), "a/../../canary/evil"),
+        ("absolute", ht.archive(ht.file(abs_canary + b"/evil", b"pwned")), os.fsdecode(abs_canary + b"/evil")),
+        ("double-slash", ht.archive(ht.file(b"//double/slash", b"x")), "//double/slash"),
+        (
+            "symlink-absolute-then-write",
+            ht.archive(ht.symlink(b"l", abs_canary), ht.file(b"l/pwn", b"pwned")),
+            "l/pwn",
+        ),
+        ("symlink-up-then-write", ht.archive(ht.symlink(b"l", b"../.."), ht.file(b"l/pwn", b"pwned")), "l/pwn"),
+        (
+            "symlink-up-then-mkdir",
+            ht.archive(ht.symlink(b"l", b"../canary"), ht.directory(b"l/newdir")),
+            "l/newdir",
+        ),
+        (
+            "symlink-deep-then-write",
+            ht.archive(ht.directory(b"a"), ht.symlink(b"a/l", b"../../canary"), ht.file(b"a/l/x/pwn", b"pwned")),
+            "a/l/x/pwn",
+        ),
         ("hardlink-dotdot", ht.archive(ht.hardlink(b"l", b"../canary/victim")), "l"),
         ("hardlink-absolute", ht.archive(ht.hardlink(b"l", abs_canary + b"/victim")), "l"),
         (
@@ -428,6 +446,16 @@ def hostile_cases(canary: Path) -> list[tuple[str, bytes, str]]:
         ("whiteout-of-whiteout", ht.archive(ht.file(b".wh..wh.foo")), ".wh..wh.foo"),
         ("whiteout-as-directory", ht.archive(ht.file(b".wh.a/b")), ".wh.a/b"),
         ("opaque-as-directory", ht.archive(ht.file(b".wh..wh..opq/x")), ".wh..wh..opq/x"),
+        (
+            "whiteout-through-symlink",
+            ht.archive(ht.symlink(b"l", abs_canary), ht.file(b"l/.wh.victim")),
+            "l/.wh.victim",
+        ),
+        (
+            "hardlink-through-own-link-out",
+            ht.archive(ht.symlink(b"d", b".."), ht.hardlink(b"l", b"d/canary/victim")),
+            "l",
+        ),
         (
             "opaque-in-symlink",
             ht.archive(ht.symlink(b"l", b"../canary"), ht.file(b"l/.wh..wh..opq")),
@@ -456,43 +484,56 @@ def test_hostile_archive_is_refused(arena: tuple[Path, Path], use_openat2: bool 
     assert repr(entry) in str(caught.value)
 
 
-def contained_cases(canary: Path) -> list[tuple[str, bytes, dict[str, bytes | None]]]:
-    """Legal-but-odd archives: applied, with every effect re-rooted (path -> content, None for a directory)."""
-    abs_canary = os.fsencode(canary)
-    inside = os.fsdecode(abs_canary.lstrip(b"/"))
+def contained_cases(canary: Path) -> list[tuple[str, dict[str, str], bytes, dict[str, bytes | None]]]:
+    """Legal-but-odd archives: (name, symlinks a lower layer left in the target, archive, expected results).
+
+    Each is applied with every effect inside the target; expected maps a path
+    to its content (None for a directory).
+    """
+    abs_canary = os.fsdecode(canary)
+    inside = abs_canary.lstrip("/")
     return [
-        ("absolute-name", ht.archive(ht.file(abs_canary + b"/evil", b"pwned")), {f"{inside}/evil": b"pwned"}),
-        ("double-slash", ht.archive(ht.file(b"//double/slash", b"d")), {"double/slash": b"d"}),
         (
-            "symlink-absolute-then-write",
-            ht.archive(ht.symlink(b"l", abs_canary), ht.file(b"l/pwn", b"pwned")),
+            "lower-absolute-link-then-write",
+            {"l": abs_canary},
+            ht.archive(ht.file(b"l/pwn", b"pwned")),
             {f"{inside}/pwn": b"pwned"},
         ),
-        ("symlink-up-then-write", ht.archive(ht.symlink(b"l", b"../.."), ht.file(b"l/pwn", b"pwned")), {"pwn": b"pwned"}),
+        ("lower-up-link-then-write", {"l": "../.."}, ht.archive(ht.file(b"l/pwn", b"pwned")), {"pwn": b"pwned"}),
         (
-            "symlink-up-then-mkdir",
-            ht.archive(ht.symlink(b"l", b"../canary"), ht.directory(b"l/newdir")),
+            "lower-up-link-then-mkdir",
+            {"l": "../canary"},
+            ht.archive(ht.directory(b"l/newdir")),
             {"canary/newdir": None},
         ),
+        ("lower-link-then-whiteout", {"l": abs_canary}, ht.archive(ht.file(b"l/.wh.victim")), {}),
         (
             "symlink-chain-up",
+            {},
             ht.archive(
                 ht.directory(b"a"), ht.symlink(b"a/b", b".."), ht.symlink(b"c", b"a/b/.."), ht.file(b"c/pwn", b"x")
             ),
             {"pwn": b"x"},
         ),
-        ("whiteout-through-symlink", ht.archive(ht.symlink(b"l", abs_canary), ht.file(b"l/.wh.victim")), {}),
+        (
+            "link-out-replaced-by-a-directory",
+            {},
+            ht.archive(ht.symlink(b"l", os.fsencode(canary)), ht.directory(b"l"), ht.file(b"l/f", b"ok")),
+            {"l/f": b"ok"},
+        ),
     ]
 
 
-CONTAINED = [case for case, _, _ in contained_cases(Path("/canary"))]
+CONTAINED = [case[0] for case in contained_cases(Path("/canary"))]
 
 
 @pytest.mark.parametrize("use_openat2", RESOLVERS)
 @pytest.mark.parametrize("case", CONTAINED)
 def test_odd_archive_is_contained(arena: tuple[Path, Path], use_openat2: bool | None, case: str) -> None:
     root, canary = arena
-    data, expected = next((data, expected) for name, data, expected in contained_cases(canary) if name == case)
+    lower, data, expected = next(c[1:] for c in contained_cases(canary) if c[0] == case)
+    for link, target in lower.items():
+        os.symlink(target, root / link)
     apply_tar(io.BytesIO(data), root, use_openat2=use_openat2)
     for path, content in expected.items():
         target = root / path
@@ -501,8 +542,8 @@ def test_odd_archive_is_contained(arena: tuple[Path, Path], use_openat2: bool | 
             assert target.is_dir()
         else:
             assert target.read_bytes() == content
-    for entry in root.rglob("*"):  # every inode is reachable inside the root, none is the canary's
-        assert entry.lstat().st_ino not in {c.lstat().st_ino for c in canary.rglob("*")}
+    canary_inodes = {c.lstat().st_ino for c in canary.rglob("*")}
+    assert not any(entry.lstat().st_ino in canary_inodes for entry in root.rglob("*"))
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from store.compression import Compression, compressor
+from store.compression import Compression, compressor, decompressor
 from store.content import read_blob, write_blob
 from store.descriptor import Descriptor, MediaType
 from store.digest import Digest
@@ -158,7 +158,14 @@ def test_import_rootfs_can_store_gzip_layers(store: LocalContentStore) -> None:
     [
         (_tar([("../escape", b"x")]), UnsafeArchiveEntry, "rootfs: entry '../escape': its name leaves the root"),
         (_tar([("a/../../escape", b"x")]), UnsafeArchiveEntry, "leaves the root"),
-        (_tar([("x" * 5000, b"x")]), LimitExceeded, "name longer than 4096 bytes"),
+        (_tar([("x" * 5000, b"x")]), LimitExceeded, "its name is longer than 4096 bytes"),
+        (_tar([("/etc/passwd", b"x")]), UnsafeArchiveEntry, "rootfs: entry '/etc/passwd': its name is absolute"),
+        (
+            ht.archive(ht.symlink(b"l", b"/etc"), ht.file(b"l/passwd", b"x")),
+            UnsafeArchiveEntry,
+            "entry 'l/passwd': it goes through the symbolic link 'l' -> '/etc', which leads out of the root",
+        ),
+        (ht.archive(ht.hardlink(b"l", b"../x")), UnsafeArchiveEntry, "entry 'l': its hard link target '../x' leaves the root"),
         (b"not a tar at all" * 100, MalformedDocument, "rootfs: not a tar archive"),
         (b"", MalformedDocument, "rootfs: empty, not a tar archive"),
         (ht.archive(ht.pax({b"comment": b"1" * 100_000}) + ht.file(b"f")), MalformedDocument, "rootfs: .*digits"),
@@ -176,14 +183,19 @@ def test_import_rootfs_refuses_bad_tarballs(
     assert _snapshot(store.root) == before
 
 
-def test_import_rootfs_allows_absolute_names_and_symlinks_out(store: LocalContentStore) -> None:
+def test_import_rootfs_keeps_links_out_of_the_root_verbatim(store: LocalContentStore) -> None:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         link = tarfile.TarInfo("link")
-        link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"  # contained at extraction, not refused
+        link.type, link.linkname = tarfile.SYMTYPE, "../../../etc/passwd"  # contained when followed, not refused
         tar.addfile(link)
-        tar.addfile(tarfile.TarInfo("/abs"), io.BytesIO(b""))
-    import_rootfs(store, io.BytesIO(buffer.getvalue()), "ok:1")
+        run = tarfile.TarInfo("var/run")
+        run.type, run.linkname = tarfile.SYMTYPE, "/run"
+        tar.addfile(run)
+    descriptor = import_rootfs(store, io.BytesIO(buffer.getvalue()), "ok:1")
+    layer = parse_manifest(read_blob(store, descriptor), descriptor).layers[0]
+    with store.open(layer) as raw, tarfile.open(fileobj=decompressor(Compression.ZSTD, raw, limit=1 << 20), mode="r|") as tar:
+        assert [(m.name, m.linkname) for m in tar] == [("link", "../../../etc/passwd"), ("var/run", "/run")]
 
 
 # ---- save and load round trips -----------------------------------------------------
