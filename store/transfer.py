@@ -198,14 +198,17 @@ def load(
     compression: Compression = Compression.ZSTD,
     replace_tags: bool = False,
     lease: BlobLease | None = None,
+    name: str = "archive",
 ) -> list[LoadedImage]:
     """Load every image of an OCI archive, OCI layout directory or Docker archive; all or nothing.
 
     Docker archive layers are recompressed to `compression` (their diff_ids,
     and so the image id, stay); OCI blobs are kept byte for byte. A tag that
     already names another image is AlreadyExists unless `replace_tags`.
+    Messages call a path `source` by its path, a stream by `name`.
     """
-    name = str(source) if not hasattr(source, "read") else "archive"
+    if not hasattr(source, "read"):
+        name = os.fspath(source)  # type: ignore[arg-type]
     with _Staging(store) as staging:
         if not hasattr(source, "read") and Path(source).is_dir():  # type: ignore[arg-type]
             images = _load_directory(Path(source), staging)  # type: ignore[arg-type]

@@ -93,7 +93,7 @@ COMMANDS: dict[str, Command] = {
             "save",
             "write images to an OCI archive, an OCI layout directory or a Docker archive",
             [
-                Option("-o", "--output", help="the file (or directory for oci-dir) to write", takes_value=True, metavar="FILE", required=True),
+                Option("-o", "--output", help="the file (or directory for oci-dir) to write (default: standard output)", takes_value=True, metavar="FILE"),
                 Option("--format", help="oci (default), oci-dir or docker", takes_value=True, metavar="FORMAT", default="oci"),
                 Option("--compression", help="recompress layers: gzip, zstd or none", takes_value=True, metavar="KIND"),
                 _STORE,
@@ -106,7 +106,7 @@ COMMANDS: dict[str, Command] = {
         _spec(
             "load",
             "load images from an OCI archive, OCI layout directory or Docker archive",
-            [Option("-i", "--input", help="the archive or directory", takes_value=True, metavar="FILE", required=True), _STORE],
+            [Option("-i", "--input", help="the archive or directory (default: standard input)", takes_value=True, metavar="FILE"), _STORE],
         ),
         "builder.commands.transfer:load",
     ),

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
+import sys
 from typing import TYPE_CHECKING, BinaryIO
 
 from .images import open_store
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
     from ..console import Console
 
@@ -50,16 +52,24 @@ def save(args: dict[str, object], console: Console) -> int:
     fmt = str(args["format"])
     if fmt not in ("oci", "oci-dir", "docker"):
         raise _usage(f"unknown --format {fmt!r}: use oci, oci-dir or docker")
+    output = args["output"]
+    if output is None:
+        if fmt == "oci-dir":
+            raise _usage("--format oci-dir writes a directory: name it with -o DIR")
+        if sys.stdout.isatty():
+            raise _usage("refusing to write an archive to a terminal: use -o FILE or redirect standard output")
+        sys.stdout.flush()
     with console.progress("saving") as advance:
         save_images(
             store.content,
             images,
-            str(args["output"]),
+            sys.stdout.buffer if output is None else str(output),
             format=fmt,  # type: ignore[arg-type]
             compression=_compression(args["compression"]),  # type: ignore[arg-type]
             progress=advance,
         )
-    console.print(f"saved {len(images)} image{'s' * (len(images) != 1)} to {args['output']}")
+    if output is not None:
+        console.print(f"saved {len(images)} image{'s' * (len(images) != 1)} to {output}")
     return 0
 
 
@@ -67,14 +77,16 @@ def load(args: dict[str, object], console: Console) -> int:
     from store.transfer import load as load_images
 
     store = open_store(args)
-    source = str(args["input"])
+    source = args["input"]
+    if source is None and sys.stdin.isatty():
+        raise _usage("no archive: use -i FILE or pipe one to standard input")
     with store.metadata.lease() as lease:
-        if os.path.isdir(source):
-            loaded = load_images(store.content, source, lease=lease, replace_tags=True)
+        if source is not None and os.path.isdir(str(source)):
+            loaded = load_images(store.content, str(source), lease=lease, replace_tags=True)
         else:
-            with open(source, "rb") as f, console.progress("loading", os.fstat(f.fileno()).st_size) as advance:
+            with _opened(source) as (f, name, size), console.progress("loading", size) as advance:
                 reader = io.BufferedReader(_Counting(f, advance), 1 << 20)  # type: ignore[arg-type]
-                loaded = load_images(store.content, reader, lease=lease, replace_tags=True)
+                loaded = load_images(store.content, reader, lease=lease, replace_tags=True, name=name)
     for image in loaded:
         console.print(f"Loaded image: {image.reference or image.descriptor.digest}")
     return 0
@@ -87,17 +99,25 @@ def import_(args: dict[str, object], console: Console) -> int:
     store = open_store(args)
     ref = parse_reference(str(args["name"]))
     source = str(args["rootfs"])
-    with store.metadata.lease() as lease:
-        if source == "-":
-            import sys
-
-            descriptor = import_rootfs(store.content, sys.stdin.buffer, ref, lease=lease, name="stdin")
-        else:
-            with open(source, "rb") as f, console.progress("importing", os.fstat(f.fileno()).st_size) as advance:
-                reader = io.BufferedReader(_Counting(f, advance), 1 << 20)  # type: ignore[arg-type]
-                descriptor = import_rootfs(store.content, reader, ref, lease=lease, name=source)
+    with (
+        store.metadata.lease() as lease,
+        _opened(None if source == "-" else source) as (f, name, size),
+        console.progress("importing", size) as advance,
+    ):
+        reader = io.BufferedReader(_Counting(f, advance), 1 << 20)  # type: ignore[arg-type]
+        descriptor = import_rootfs(store.content, reader, ref, lease=lease, name=name)
     console.print(f"{ref}: {descriptor.digest}")
     return 0
+
+
+@contextlib.contextmanager
+def _opened(path: object) -> Iterator[tuple[BinaryIO, str, int | None]]:
+    """The file at `path`, or standard input for None: the stream, its name for messages, its size if known."""
+    if path is None:
+        yield sys.stdin.buffer, "stdin", None
+        return
+    with open(str(path), "rb") as f:
+        yield f, str(path), os.fstat(f.fileno()).st_size
 
 
 def _usage(message: str) -> Exception:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
@@ -85,7 +86,7 @@ def test_save_load_round_trip(store: Path, tmp_path: Path) -> None:
         (["inspect", "Bad:Name"], "pybuild: error:"),
         (["tag", "busybox", "x@sha256:" + "0" * 64], "pybuild: error:"),
         (["load", "-i", "/nonexistent.tar"], "pybuild: error: No such file or directory: /nonexistent.tar"),
-        (["save", "busybox"], "pybuild save: error: option -o/--output is required"),
+        (["save", "busybox", "--format", "oci-dir"], "pybuild save: error: --format oci-dir writes a directory"),
         (["save", "busybox", "-o", "/tmp/x.tar", "--format", "zip"], "pybuild save: error: unknown --format 'zip'"),
         (["store", "fix"], "pybuild store: error: unknown store action 'fix'"),
     ],
@@ -121,3 +122,49 @@ def test_load_refuses_a_bad_archive_and_changes_nothing(store: Path, tmp_path: P
     assert result.returncode == 2 and result.stderr.startswith("pybuild: error: ")
     assert len(result.stderr.splitlines()) == 1
     assert sorted(p.name for p in (store / "blobs" / "sha256").iterdir()) == before
+
+
+def test_busybox_fixture_imports_itself_as_busybox_latest(tmp_path: Path, busybox_rootfs: Path) -> None:
+    bin_dir = Path(sys.executable).parent  # where pip put the `pybuild` script of this environment
+    assert (bin_dir / "pybuild").exists(), f"no pybuild script beside {sys.executable}: pip install -e ."
+    store = tmp_path / "store"
+    subprocess.run(
+        [sys.executable, str(REPO / "fixtures" / "busybox-rootfs.py"), "--import", "busybox:latest", "--store", str(store)],
+        check=True,
+        env={**os.environ, "PATH": f"{bin_dir}:{os.environ.get('PATH', '')}"},
+        timeout=120,
+    )
+    (row,) = json.loads(pybuild(store, "images", "--json").stdout)
+    assert row["name"] == "docker.io/library/busybox:latest"
+    layer = json.loads(pybuild(store, "inspect", "--json", "busybox").stdout)["layers"][0]
+    assert layer["diff_id"] == "sha256:" + hashlib.sha256(busybox_rootfs.read_bytes()).hexdigest()
+
+
+def _run(store: Path, *args: str, **options: object) -> subprocess.CompletedProcess[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYBUILD_STORE": str(store)}
+    return subprocess.run([sys.executable, "-m", "builder", *args], env=env, timeout=120, **options)  # type: ignore[call-overload,no-any-return]
+
+
+def test_save_to_standard_output_and_load_from_standard_input(store: Path, tmp_path: Path) -> None:
+    saved = _run(store, "save", "busybox", capture_output=True)
+    assert saved.returncode == 0 and saved.stderr == b""
+    with open(tmp_path / "file.tar", "wb") as f:
+        assert _run(store, "save", "busybox", "-o", f.name).returncode == 0
+    assert saved.stdout == (tmp_path / "file.tar").read_bytes()  # the same archive, byte for byte
+    loaded = _run(tmp_path / "other", "load", input=saved.stdout, capture_output=True)
+    assert loaded.returncode == 0, loaded.stderr
+    assert loaded.stdout.decode() == "Loaded image: docker.io/library/busybox:latest\n"
+
+
+def test_archives_are_not_written_to_or_read_from_a_terminal(store: Path) -> None:
+    import pty
+
+    leader, follower = pty.openpty()
+    try:
+        save = _run(store, "save", "busybox", stdout=follower, stderr=subprocess.PIPE)
+        load = _run(store, "load", stdin=follower, capture_output=True)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert save.returncode == 2 and b"refusing to write an archive to a terminal" in save.stderr
+    assert load.returncode == 2 and b"no archive: use -i FILE or pipe one" in load.stderr
