@@ -1,4 +1,4 @@
-"""Mark-and-sweep garbage collection of one store: blobs, ingest leftovers, leases, cache records.
+"""Mark-and-sweep garbage collection of one store: blobs, ingest leftovers, leases, cache and snapshot records.
 
 The protocol that keeps a concurrent build's blobs alive:
 
@@ -17,6 +17,10 @@ An add_blob commits either before a batch's transaction (the re-check sees it)
 or after it (the unlink came first; the writer's commit then re-creates the
 blob). A lease cannot vanish during a collection, so whatever a build made
 reachable after the mark is still leased when the sweep reaches it.
+
+Snapshots follow the same order: lease the key (Lease.add_snapshot), then put
+the snapshot. Active and view snapshots no lease holds are a dead build's and
+are forgotten; committed ones are a cache (store.metadata) and stay.
 """
 
 from __future__ import annotations
@@ -56,6 +60,7 @@ class GcReport:
     ingest_bytes_freed: int
     leases_reaped: tuple[str, ...]
     cache_dropped: tuple[str, ...]
+    snapshots_removed: tuple[str, ...]
     missing: tuple[Digest, ...]  # referenced but absent: `fsck` says more
 
 
@@ -93,6 +98,7 @@ def collect(
                 metadata.delete_cache(record.key, created=record.created)
         present, removed, freed = _sweep(content, metadata, marked, dry_run, reaped, [r.key for r in dropped])
         ingests, ingest_bytes = _sweep_ingests(content, dry_run)
+        snapshots = metadata.sweep_snapshots(excluding=reaped, dry_run=dry_run)
 
     report = GcReport(
         dry_run=dry_run,
@@ -103,14 +109,17 @@ def collect(
         ingest_bytes_freed=ingest_bytes,
         leases_reaped=tuple(reaped),
         cache_dropped=tuple(r.key for r in dropped),
+        snapshots_removed=tuple(snapshots),
         missing=tuple(sorted(missing)),
     )
     log.info(
-        "gc%s: removed %d blob(s), %d byte(s), %d ingest file(s); reaped %d lease(s); dropped %d cache record(s)",
+        "gc%s: removed %d blob(s), %d byte(s), %d ingest file(s), %d snapshot record(s); "
+        "reaped %d lease(s); dropped %d cache record(s)",
         " (dry run)" if dry_run else "",
         len(removed),
         freed,
         ingests,
+        len(snapshots),
         len(reaped),
         len(dropped),
     )

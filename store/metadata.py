@@ -336,6 +336,22 @@ class Metadata:
             if db.execute("DELETE FROM snapshots WHERE key = ?", (key,)).rowcount == 0:
                 raise NotFound(f"snapshot {key}: not found")
 
+    def sweep_snapshots(self, *, excluding: Iterable[str] = (), dry_run: bool = False) -> list[str]:
+        """Forget active and view snapshots no lease holds (but the `excluding` leases): dead builds' leftovers.
+
+        Committed snapshots are a cache, kept. One write transaction: a lease
+        that names a key before its snapshot is put (the order builders use)
+        keeps it safe from a sweep running at the same time.
+        """
+        skip = set(excluding)
+        with self._write() as db:
+            held = {k for lid, k in db.execute("SELECT lease, key FROM lease_snapshots") if lid not in skip}
+            rows = db.execute("SELECT key FROM snapshots WHERE kind != 'committed' ORDER BY key").fetchall()
+            unheld = [key for (key,) in rows if key not in held]
+            if not dry_run:
+                db.executemany("DELETE FROM snapshots WHERE key = ?", [(key,) for key in unheld])
+        return unheld
+
     def snapshots(self) -> list[SnapshotRecord]:
         with self._read() as db:
             return [SnapshotRecord(*row) for row in db.execute("SELECT key, parent, kind, created FROM snapshots")]

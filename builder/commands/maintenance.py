@@ -23,6 +23,9 @@ def prune(args: dict[str, object], console: Console) -> int:
         console.print(f"{report.ingests_removed} abandoned ingest files: {verb} {human_size(report.ingest_bytes_freed)}")
     if report.cache_dropped:
         console.print(f"{len(report.cache_dropped)} build cache records dropped")
+    if report.snapshots_removed:
+        state = "would be forgotten" if report.dry_run else "forgotten"
+        console.print(f"{len(report.snapshots_removed)} snapshot records of builds that are gone: {state}")
     if report.leases_reaped:
         console.print(f"{len(report.leases_reaped)} leases of finished or dead builds released")
     for digest in report.missing:

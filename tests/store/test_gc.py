@@ -416,3 +416,34 @@ def test_staging_of_a_dead_load_goes_a_live_one_stays(content: LocalContentStore
         assert (report.ingests_removed, report.ingest_bytes_freed) == (1, 4)
         assert not dead.exists() and live.dir.exists()
     assert not (content.root / "staging").exists()
+
+
+# -- snapshot records ----------------------------------------------------------
+
+
+def test_snapshot_records_of_gone_builds_are_forgotten(content: LocalContentStore, md: Metadata) -> None:
+    md.put_snapshot("sha256:chain", kind="committed")  # a cache entry: kept
+    with md.lease() as lease:
+        lease.add_snapshot("build-active")  # the order builders use: lease first, then put
+        md.put_snapshot("build-active", parent=None)
+        md.commit_snapshot("build-active", "sha256:chain2")
+    md.put_snapshot("work", parent="sha256:chain2")
+    md.put_snapshot("look", parent="sha256:chain2", kind="view")
+    held = md.lease()
+    held.add_snapshot("running")
+    md.put_snapshot("running", parent="sha256:chain2")
+    expired = md.lease(ttl=0.05)
+    expired.add_snapshot("stale")
+    md.put_snapshot("stale")
+    time.sleep(0.1)
+
+    dry = gc(content, md, dry_run=True)
+    assert sorted(dry.snapshots_removed) == ["look", "stale", "work"]
+    assert len(md.snapshots()) == 6  # a dry run forgets nothing
+
+    report = gc(content, md)
+    assert sorted(report.snapshots_removed) == ["look", "stale", "work"]
+    assert sorted(s.key for s in md.snapshots()) == ["running", "sha256:chain", "sha256:chain2"]
+    held.release()
+    expired.release()
+    assert gc(content, md).snapshots_removed == ("running",)
