@@ -117,7 +117,7 @@ class _LarkLexer(Lexer):
         pass
 
     def lex(self, data: str):  # noqa: ANN201 - lark's interface
-        for batch in lexer.tokenize(data):
+        for _, batch in lexer.tokenize(data):
             for tok in batch:
                 out = _LarkToken(tok.type, tok.value, 0, tok.line, tok.column, tok.end_line, tok.end_column)
                 out.data = tok.data

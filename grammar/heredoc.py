@@ -27,7 +27,16 @@ _SPACE = "".join(f"\\u{ord(c):04x}" for c in GO_SPACE)
 _QUOTED = re.compile(r"'([^']*)'|\"([^\"]*)\"")
 
 
+
 @lru_cache(maxsize=1)  # compiled on first use: most recipes have no heredoc
+def _unquoted_heredoc() -> re.Pattern[str]:
+    """In a line without quotes, and without blanks after a `<<` to join words,
+    a heredoc word is a whole blank-delimited word matching _HEREDOC_WORD:
+    found in one pass, without splitting the line."""
+    return re.compile(rf"(?<![^{_SPACE}])(\d*+)<<(-?)([^{_SPACE}<]*+)(?![^{_SPACE}])")
+
+
+@lru_cache(maxsize=1)
 def _raw_patterns() -> tuple[re.Pattern[str], re.Pattern[str]]:
     """(one word, a whole line of words), possessive so a failed match cannot
     backtrack exponentially."""
@@ -40,26 +49,29 @@ def heredocs_in(line: str) -> list[Heredoc]:
 
     RecipeSyntaxError (without location) where BuildKit fails on a delimiter.
     """
-    raw_word, raw_line = _raw_patterns()
     if "$" in line or "\\" in line or "\ufeff" in line:
-        words = _lexed_words(line)
-    elif raw_line.fullmatch(line):
-        words = raw_word.findall(line)
+        matches = [_HEREDOC_WORD.fullmatch(word) for word in _lexed_words(line) if "<<" in word]
+    elif "'" not in line and '"' not in line and "<< " not in line and "<<\t" not in line and "<<\r" not in line:
+        matches = _unquoted_heredoc().findall(line)  # the usual line: one pass, no quotes to pair
     else:
-        return []  # an unterminated quote: BuildKit ignores the line
+        raw_word, raw_line = _raw_patterns()
+        if not raw_line.fullmatch(line):
+            return []  # an unterminated quote: BuildKit ignores the line
+        matches = [_HEREDOC_WORD.fullmatch(word) for word in raw_word.findall(line) if "<<" in word]
     docs = []
-    for word in words:
-        if "<<" not in word:
+    new = tuple.__new__
+    for m in matches:
+        if m is None:
             continue
-        m = _HEREDOC_WORD.fullmatch(word)
-        if m is None or not m.group(3):
+        digits, dash, rest = m if type(m) is tuple else m.groups()
+        if not rest:
             continue
-        delimiter = _delimiter(m.group(3))
+        delimiter = _delimiter(rest)
         if delimiter is None:
             continue
-        digits = m.group(1).lstrip("0")
+        digits = digits.lstrip("0")
         fd = min(int(digits), _MAX_FD) if 0 < len(digits) <= 20 else _MAX_FD if digits else 0
-        docs.append(Heredoc(delimiter[0], fd, delimiter[1], m.group(2) == "-", ""))
+        docs.append(new(Heredoc, (delimiter[0], fd, delimiter[1], dash == "-", "")))  # no namedtuple __new__: hot
     return docs
 
 

@@ -38,6 +38,12 @@ _KEYWORDS = {
 _VALID_DIRECTIVES = frozenset({"syntax", "escape", "check"})
 _DIRECTIVE = re.compile(r"([a-zA-Z][a-zA-Z0-9]*)[\t\n\f\r ]*=[\t\n\f\r ]*(.+?)[\t\n\f\r ]*")
 _HEREDOC_TARGETS = frozenset({"run", "copy", "add"})
+# An instruction word, ASCII blanks, then arguments that are not flags (nor,
+# checked after the match, blank): what split_command would find, in one match.
+_PLAIN_LINE = re.compile(r"([A-Za-z]+)[\t\v\f\r ]+(?!--)")
+_PLAIN_KINDS = {kind: (kind, "ARGS", "EOL") for kind in (*_KEYWORDS.values(), "UNKNOWN")}
+_PLAIN_HEREDOC_KINDS = {kind: (kind, "ARGS", "HEREDOCS", "EOL") for kind in (*_KEYWORDS.values(), "UNKNOWN")}
+_DIRECTIVE_KINDS = ("DIRECTIVE",)
 
 
 @record
@@ -62,12 +68,13 @@ def _error(message: str, line: int, end_line: int | None = None, hint: str | Non
     return RecipeSyntaxError(message, Span("", line, 1, end_line or line, 1 << 30), hint=hint)
 
 
-def tokenize(text: str) -> Iterator[list[Token]]:
-    """The recipe.lark tokens of one recipe (BOM already removed), one list per line.
+def tokenize(text: str) -> Iterator[tuple[tuple[str, ...], list[Token]]]:
+    """The recipe.lark tokens of one recipe (BOM already removed), one batch per line: (kinds, tokens).
 
-    A list holds a directive, or one instruction's tokens up to its EOL. The
-    parser reduces each instruction before asking for the next list, so
-    errors come in line order, as BuildKit reports them.
+    A batch holds a directive, or one instruction's tokens up to its EOL;
+    `kinds` are the tokens' types, which the parser plans by. The parser
+    reduces each instruction before asking for the next batch, so errors come
+    in line order, as BuildKit reports them.
     """
     return _Scan(text).batches()
 
@@ -91,7 +98,7 @@ class _Scan:
         self.has_cr = "\r" in text
         self.escape = "\\"
 
-    def batches(self) -> Iterator[list[Token]]:
+    def batches(self) -> Iterator[tuple[tuple[str, ...], list[Token]]]:
         lines = self.lines
         count = len(lines)
         i = 0
@@ -109,7 +116,7 @@ class _Scan:
                 if found is None:
                     directives_done = True
                 else:
-                    yield [Token("DIRECTIVE", found, i, 1, i, len(raw))]
+                    yield _DIRECTIVE_KINDS, [Token("DIRECTIVE", found, i, 1, i, len(raw))]
                     escape = self.escape
             if not token or token[0] == "#":
                 continue
@@ -122,7 +129,8 @@ class _Scan:
             else:  # the usual last character: no continuation
                 line = token
             batch: list[Token] = []
-            word, rest = self._instruction(line, segments, batch)
+            word, rest, plain = self._instruction(line, segments, batch)
+            kinds = _PLAIN_KINDS.get(batch[0][0]) if plain else None
             original = line
             if "<<" in line and word in _HEREDOC_TARGETS and not _is_json(word, rest):
                 try:
@@ -135,8 +143,9 @@ class _Scan:
                     texts = "".join([f"{h.content}{h.name}\n" for h in bodies])
                     original = line + "\n" + texts
                     batch.append(tuple.__new__(Token, ("HEREDOCS", texts, first, 1, i, 1, bodies)))
+                    kinds = _PLAIN_HEREDOC_KINDS.get(batch[0][0]) if plain else None
             batch.append(tuple.__new__(Token, ("EOL", original, start, 1, i, 1, self.escape)))
-            yield batch
+            yield kinds or tuple([token[0] for token in batch]), batch
             instructions += 1
         if instructions == 0:
             raise _error("file with no instructions", max(count, 1), hint="a recipe starts with FROM IMAGE")
@@ -192,9 +201,23 @@ class _Scan:
             self.escape = value
         return f"{name}={value}"
 
-    def _instruction(self, line: str, segments: list[tuple[int, int, int]], out: list[Token]) -> tuple[str, str]:
-        """Append the tokens of one logical line; return the (word, rest) heredocs would belong to."""
+    def _instruction(self, line: str, segments: list[tuple[int, int, int]], out: list[Token]) -> tuple[str, str, bool]:
+        """Append the tokens of one logical line; return the (word, rest) heredocs would belong to,
+        and whether the line was plain (a word and its arguments: tokens of kinds _PLAIN_KINDS)."""
         new = tuple.__new__
+        m = _PLAIN_LINE.match(line) if len(segments) == 1 else None
+        if m is not None:
+            # The usual line: one physical line, a keyword, blanks, arguments and no flags.
+            end = m.end()
+            word = m.group(1)
+            lower = word.lower()
+            if lower != "onbuild" and line[end : end + 1] not in GO_SPACE:  # "" too: no arguments
+                _, ln, col = segments[0]
+                rest = line[end:].rstrip(GO_SPACE)
+                out.append(new(Token, (_KEYWORDS.get(lower, "UNKNOWN"), word, ln, col, ln, col + len(word) - 1, None)))
+                col += end
+                out.append(new(Token, ("ARGS", rest, ln, col, ln, col + len(rest) - 1, None)))
+                return lower, rest, True
         base = 0
         levels: list[tuple[str, str]] = []
         # One physical line (the usual case): offsets map to columns directly.
@@ -219,7 +242,7 @@ class _Scan:
                 out.append(new(Token, ("ARGS", rest, ln, col, ln, col + len(rest) - 1, None)))
             break
         # BuildKit looks through one ONBUILD only.
-        return levels[1] if levels[0][0] == "onbuild" and len(levels) > 1 else levels[0]
+        return (*(levels[1] if levels[0][0] == "onbuild" and len(levels) > 1 else levels[0]), False)
 
     def _heredoc_bodies(self, heredocs: list[Heredoc], i: int, start: int) -> tuple[int, tuple[Heredoc, ...]]:
         """Read the bodies of `heredocs` from line index `i` on: the index after them,

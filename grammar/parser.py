@@ -17,7 +17,7 @@ from .syntax import Directive, SyntaxNode, SyntaxTree
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Sequence
 
 __all__ = ["CALLBACKS", "decode", "parse_syntax"]
 
@@ -51,7 +51,7 @@ def decode(data: bytes | str, name: str) -> str:
 def parse_syntax(text: str, name: str = "Recipefile") -> SyntaxTree:
     """Parse recipe text into BuildKit's syntax tree; RecipeSyntaxError on failure."""
     try:
-        return _drive(tokenize(text), CALLBACKS)
+        return _drive(tokenize(text))
     except RecipeError as exc:
         if exc.span is not None and not exc.span.file:
             exc.span = exc.span._replace(file=name)
@@ -62,57 +62,171 @@ class _Splice(list):
     """Children collected by a lark-generated `x*` rule, spliced into the parent's."""
 
 
-def _drive(batches: Iterable[list[Token]], callbacks: dict[str, Callable[[list], object]]) -> SyntaxTree:
-    """Run the LALR(1) table over the token batches; returns the `recipe` value."""
-    states, defaults = tables.STATES, tables.DEFAULT_REDUCE
-    rules = _RULES if callbacks is CALLBACKS else _rules(callbacks)
-    stack = [tables.START]
+def _drive(batches: Iterable[tuple[tuple[str, ...], list[Token]]]) -> SyntaxTree:
+    """Run the LALR(1) table over the token batches; returns the `recipe` value.
+
+    The actions the table takes on a batch depend only on the state stack
+    before it and on the batch's token kinds, and a recipe is mostly the same
+    few token sequences (RUN ARGS EOL, ...). So each (stack, kinds) pair is
+    planned once from the table (`_plan`) and the plan replayed on the values
+    alone; a plan used often is compiled into a small function (`_compile`),
+    which a single `pybuild parse` rarely pays for.
+    """
+    stack: tuple[int, ...] = (tables.START,)
     values: list = []
+    for kinds, batch in batches:
+        plan = _planned(stack, kinds)
+        (plan.compiled or plan.run)(batch, values)
+        stack = plan.after
+    plan = _planned(stack, None)
+    (plan.compiled or plan.run)((), values)
+    return values[-1]  # type: ignore[no-any-return]
+
+
+class _Plan:
+    """The ops of one (stack, kinds) pair, interpreted by `run` until used enough to be `compiled`."""
+
+    __slots__ = ("after", "compiled", "ops", "uses")
+
+    def __init__(self, ops: list[int], after: tuple[int, ...]) -> None:
+        self.ops, self.after, self.uses = ops, after, 0
+        self.compiled: Callable[[Sequence[Token], list], None] | None = None
+
+    def run(self, batch: Sequence[Token], values: list) -> None:
+        self.uses += 1
+        if self.uses >= _COMPILE_AFTER:
+            self.compiled = _compile(self.ops)
+            self.compiled(batch, values)
+            return
+        for op in self.ops:
+            if op >= 0:
+                values.append(batch[op])
+            else:
+                _reduce(values, _RULES[~op])
+
+
+_PLANS: dict[tuple[tuple[int, ...], tuple[str, ...] | None], _Plan] = {}
+_MAX_PLANS = 4096  # a bound for hostile recipes with endless token shapes; real ones use a few dozen
+_COMPILE_AFTER = 32  # uses before a plan is compiled: exec costs about as much as 30 interpreted runs
+
+
+def _planned(stack: tuple[int, ...], kinds: tuple[str, ...] | None) -> _Plan:
+    plan = _PLANS.get((stack, kinds))
+    if plan is None:
+        plan = _Plan(*_plan(stack, kinds))
+        if len(_PLANS) < _MAX_PLANS:
+            _PLANS[stack, kinds] = plan
+    return plan
+
+
+def _reduce(values: list, rule: tuple) -> None:
+    """Replace the rule's children at the top of `values` by its value (lark's modes: see _compile)."""
+    _name, size, mode, callback = rule
+    if size:
+        children = values[-size:]
+        del values[-size:]
+    else:
+        children = []
+    if mode == 2 and size == 1:
+        value = children[0]
+    elif mode == 1:
+        if children and type(children[0]) is _Splice:
+            value = children[0]
+            value.extend(children[1:])
+        else:
+            value = _Splice(children)
+    else:
+        if mode == 3:
+            children = [x for c in children for x in (c if type(c) is _Splice else (c,))]
+        value = callback(children)
+    values.append(value)
+
+
+def _plan(stack: tuple[int, ...], kinds: tuple[str, ...] | None) -> tuple[list[int], tuple[int, ...]]:
+    """The table's actions on tokens `kinds` (None: the end of input) from state stack `stack`.
+
+    Returns (ops, the stack after): an op >= 0 shifts the batch's token at
+    that index, an op < 0 reduces rule ~op. After a batch, what needs no
+    lookahead is reduced at once, so an instruction's errors surface before
+    the next line is read (BuildKit's order).
+    """
+    states, defaults = tables.STATES, tables.DEFAULT_REDUCE
+    work = list(stack)
+    ops: list[int] = []
 
     def reduce(action: int) -> int:
-        """Apply rule ~action; return the new top state."""
-        name, size, mode, callback = rules[~action]
+        name, size, _ = tables.RULES[~action]
         if size:
-            children = values[-size:]
-            del values[-size:], stack[-size:]
-        else:
-            children = []
-        if mode == 2 and size == 1:  # `?rule` with one child: pass it through
-            value = children[0]
-        elif mode == 1:  # lark's left-recursive `x*` helper: grow one list in place
-            if children and type(children[0]) is _Splice:
-                value = children[0]
-                value.extend(children[1:])
-            else:
-                value = _Splice(children)
-        else:
-            if mode == 3:
-                children = [x for c in children for x in (c if type(c) is _Splice else (c,))]
-            value = callback(children)
-        state = states[stack[-1]][name]
-        stack.append(state)
-        values.append(value)
-        return state
+            del work[-size:]
+        work.append(states[work[-1]][name])
+        ops.append(action)
+        return work[-1]
 
-    for batch in batches:
-        for token in batch:
-            kind = token[0]
-            action = states[stack[-1]].get(kind)
-            while action is not None and action < 0:
-                action = states[reduce(action)].get(kind)
-            if action is None:  # the lexer emits only what the grammar accepts
-                raise AssertionError(f"recipe.lark rejects {kind} in state {stack[-1]}")
-            stack.append(action)
-            values.append(token)
-        # Reduce what needs no lookahead at once, so an instruction's errors
-        # surface before the next line is read (BuildKit's order).
-        action = defaults[stack[-1]]
-        while action:
-            action = defaults[reduce(action)]
-    action = states[stack[-1]]["$END"]
-    while stack[-1] != tables.END:
-        action = states[reduce(action)].get("$END", 0)
-    return values[-1]  # type: ignore[no-any-return]
+    if kinds is None:
+        action = states[work[-1]]["$END"]
+        while work[-1] != tables.END:
+            action = states[reduce(action)].get("$END", 0)
+        return ops, tuple(work)
+    for index, kind in enumerate(kinds):
+        action = states[work[-1]].get(kind)
+        while action is not None and action < 0:
+            action = states[reduce(action)].get(kind)
+        if action is None:  # the lexer emits only what the grammar accepts
+            raise AssertionError(f"recipe.lark rejects {kind} in state {work[-1]}")
+        work.append(action)
+        ops.append(index)
+    action = defaults[work[-1]]
+    while action:
+        action = defaults[reduce(action)]
+    return ops, tuple(work)
+
+
+def _compile(ops: list[int]) -> Callable[[Sequence[Token], list], None]:
+    """A function `run(batch, values)` doing what `ops` do to the value stack, with no interpretation.
+
+    Values the batch makes stay in local variables; only those consumed
+    from below the batch or left at its end touch `values`. The modes are
+    lark's: 0 a rule with a callback, 1 its left-recursive `x*` helper (one
+    list grown in place), 2 a `?rule` (one child passes through), 3 a rule
+    whose `x*` children are spliced in.
+    """
+    code = ["def run(batch, values):"]
+    names: dict[str, object] = {"_Splice": _Splice}
+    local: list[str] = []  # expressions for the values this batch has pushed, bottom first
+    for op in ops:
+        if op >= 0:
+            local.append(f"batch[{op}]")
+            continue
+        name, size, mode = tables.RULES[~op]
+        mine = local[len(local) - size :] if size else []
+        del local[len(local) - len(mine) :]
+        below = size - len(mine)
+        kids = f"[{', '.join(mine)}]"
+        if below:
+            code.append(f"    below = values[-{below}:]")
+            code.append(f"    del values[-{below}:]")
+            kids = f"below + {kids}" if mine else "below"
+        target = f"v{len(code)}"
+        if mode == 2 and size == 1:
+            code.append(f"    {target} = {kids}[0]")
+        elif mode == 1:
+            code.append(f"    kids = {kids}")
+            code.append("    if kids and type(kids[0]) is _Splice:")
+            code.append(f"        {target} = kids[0]")
+            code.append(f"        {target}.extend(kids[1:])")
+            code.append("    else:")
+            code.append(f"        {target} = _Splice(kids)")
+        else:
+            code.append(f"    kids = {kids}")
+            if mode == 3:
+                code.append("    kids = [x for c in kids for x in (c if type(c) is _Splice else (c,))]")
+            names[f"_{name}"] = CALLBACKS[name]
+            code.append(f"    {target} = _{name}(kids)")
+        local.append(target)
+    if local:
+        code.append(f"    values.extend(({', '.join(local)},))")
+    exec("\n".join(code), names)  # noqa: S102 - source built above from the table's rule numbers only
+    return names["run"]  # type: ignore[return-value]
 
 
 # ---- rule callbacks ----------------------------------------------------------
@@ -201,8 +315,4 @@ CALLBACKS: dict[str, Callable[[list], object]] = {
 CALLBACKS.update(onbuild=_onbuild, line=_line, recipe=_recipe, directive=_directive)
 
 
-def _rules(callbacks: dict[str, Callable[[list], object]]) -> list[tuple]:
-    return [(name, size, mode, callbacks.get(name)) for name, size, mode in tables.RULES]
-
-
-_RULES = _rules(CALLBACKS)
+_RULES = [(name, size, mode, CALLBACKS.get(name)) for name, size, mode in tables.RULES]

@@ -39,3 +39,18 @@ def test_lark_runtime_builds_the_same_tree(text: bytes | str) -> None:
             compile_tables.lark_parse(grammar.parser.decode(text, "x"))
         return
     assert compile_tables.lark_parse(grammar.parser.decode(text, "x")) == ours
+
+
+@pytest.mark.parametrize("text", [p.read_bytes() for p in RECIPES] + EXTRA, ids=[p.name for p in RECIPES] + ["extra-1", "extra-2"])
+def test_compiled_plans_build_what_interpreted_ones_do(text: bytes | str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def parse(compile_after: int) -> object:
+        monkeypatch.setattr(grammar.parser, "_PLANS", {})
+        monkeypatch.setattr(grammar.parser, "_COMPILE_AFTER", compile_after)
+        try:
+            return grammar.to_json(grammar.parse_syntax(text))
+        except grammar.RecipeSyntaxError as exc:
+            return str(exc)
+
+    interpreted = parse(1 << 30)
+    assert parse(1) == interpreted
+    assert all(plan.compiled is not None for plan in grammar.parser._PLANS.values())
