@@ -106,7 +106,9 @@ class _Plan:
 
 
 _PLANS: dict[tuple[tuple[int, ...], tuple[str, ...] | None], _Plan] = {}
-_MAX_PLANS = 4096  # a bound for hostile recipes with endless token shapes; real ones use a few dozen
+# Bounds for hostile recipes with endless or endlessly long token shapes (real ones use a few dozen short ones).
+_MAX_PLANS = 4096
+_MAX_PLANNED_TOKENS = 32
 _COMPILE_AFTER = 32  # uses before a plan is compiled: exec costs about as much as 30 interpreted runs
 
 
@@ -114,7 +116,7 @@ def _planned(stack: tuple[int, ...], kinds: tuple[str, ...] | None) -> _Plan:
     plan = _PLANS.get((stack, kinds))
     if plan is None:
         plan = _Plan(*_plan(stack, kinds))
-        if len(_PLANS) < _MAX_PLANS:
+        if len(_PLANS) < _MAX_PLANS and (kinds is None or len(kinds) <= _MAX_PLANNED_TOKENS):
             _PLANS[stack, kinds] = plan
     return plan
 
