@@ -55,7 +55,8 @@ def clean_name(name: str, entry: str, limits: Limits, what: str, *, link: bool =
                 raise UnsafeArchiveEntry(f"{what}: entry {entry!r}: {its} leaves the root", entry=entry)
             parts.pop()
             continue
-        if len(part) > limits.max_component:
+        # A whiteout of a NAME_MAX-long name is longer by its `.wh.` prefix.
+        if len(part) > limits.max_component + (len(WH) if part.startswith(WH) and not link else 0):
             raise LimitExceeded(
                 f"{what}: entry {entry!r}: {its} has a component longer than {limits.max_component} bytes",
                 limit=limits.max_component,

@@ -40,9 +40,11 @@ from .tags import TagStore
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
+    from .checkout import Checkout
     from .fsck import Problem
     from .gc import GcReport
     from .metadata import Metadata
+    from .overlay import OverlaySnapshotter
 
 __all__ = ["Image", "Store", "default_root"]
 
@@ -92,6 +94,18 @@ class Store:
         from .metadata import Metadata
 
         return Metadata(self.root)
+
+    @cached_property
+    def snapshots(self) -> OverlaySnapshotter:
+        from .overlay import OverlaySnapshotter
+
+        return OverlaySnapshotter(self.root, self.metadata)
+
+    def checkout(self, image: str | Image, *, prefix: str = "checkout") -> Checkout:
+        """A fresh writable snapshot over `image`'s layers (unpacked on first use); see store.checkout."""
+        from .checkout import checkout
+
+        return checkout(self, image if isinstance(image, Image) else self.image(image), prefix=prefix)
 
     # ---- finding images --------------------------------------------------
 

@@ -36,7 +36,7 @@ from .archive import (
     Whiteouts,
 )
 from .entrynames import EntryNames
-from .errors import StoreError, UnsafeArchiveEntry
+from .errors import UnsafeArchiveEntry
 from .inroot import Resolver, is_symlink
 
 if TYPE_CHECKING:
@@ -89,8 +89,6 @@ def apply_tar(
     """
     if whiteouts not in ("delete", "overlay"):
         raise ValueError(f"whiteouts must be 'delete' or 'overlay', not {whiteouts!r}")
-    if whiteouts == "overlay" and os.geteuid() != 0:
-        raise StoreError(f"{what}: writing OverlayFS whiteouts needs root (character devices and trusted.* xattrs)")
     guard = TarGuard(source, limits, digester, what)
     root_fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     applier = _Applier(Resolver(root_fd, what, use_openat2), whiteouts, limits, what)
@@ -110,6 +108,9 @@ class _Applier:
         self._names = EntryNames(limits, what)
         self._resolver = resolver
         self._overlay = whiteouts == "overlay"
+        # Unprivileged, OverlayFS reads its xattrs from user.* (mount option
+        # userxattr); whiteout devices (0:0) anyone may make since Linux 5.8.
+        self._opaque_xattr = "trusted.overlay.opaque" if os.geteuid() == 0 else "user.overlay.opaque"
         self._what = what
         self._owner = os.geteuid() == 0  # ownership, devices: only as root
         self._touched: set[bytes] = set()  # this layer's paths and their parents
@@ -181,17 +182,23 @@ class _Applier:
         uid, gid, mtime = self._ids_and_time(entry, info)
         pfd = self._resolver.parent(parts, entry)
         base = parts[-1]
+        existed = False
         try:
             os.mkdir(base, 0o700, dir_fd=pfd)
         except FileExistsError:
             if not stat.S_ISDIR(os.stat(base, dir_fd=pfd, follow_symlinks=False).st_mode):
                 self._remove(pfd, base)
                 os.mkdir(base, 0o700, dir_fd=pfd)
+            else:
+                existed = True
         fd = os.open(base, O_DIR, dir_fd=pfd)
         try:
             if self._owner:
                 os.fchown(fd, uid, gid)
-            for key, value in self._xattrs(entry, info):
+            xattrs = self._xattrs(entry, info)
+            if existed:
+                self._drop_xattrs(entry, fd, {key for key, _ in xattrs})
+            for key, value in xattrs:
                 self._setxattr(entry, fd, key, value, True)
         finally:
             os.close(fd)
@@ -345,7 +352,7 @@ class _Applier:
                 os.close(pfd)
         try:
             if self._overlay:
-                os.setxattr(fd, "trusted.overlay.opaque", b"y")
+                os.setxattr(fd, self._opaque_xattr, b"y")
             else:
                 self._clear(fd, b"/".join(where))
         finally:
@@ -401,6 +408,25 @@ class _Applier:
                 continue
             out.append((name, value.encode("utf-8", "surrogateescape")))
         return out
+
+    def _drop_xattrs(self, entry: str, fd: int, keep: set[str]) -> None:
+        """An existing directory's user.* and trusted.* xattrs that the entry lacks go: the entry's
+        attributes replace the directory's (OCI layer spec), not add to them. OverlayFS ones stay."""
+        try:
+            names = os.listxattr(fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                return
+            raise
+        for name in names:
+            if name in keep or not name.startswith(("user.", "trusted.")) or OVERLAY_XATTR.fullmatch(os.fsencode(name)):
+                continue
+            try:
+                os.removexattr(fd, name)
+            except OSError as exc:
+                if exc.errno not in (errno.ENODATA, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                    raise
+                self._skip(entry, f"xattr {name} of the existing directory not removed ({exc.strerror})")
 
     def _setxattr(self, entry: str, where: int | bytes, key: str, value: bytes, follow: bool) -> None:
         try:

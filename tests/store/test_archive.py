@@ -19,10 +19,14 @@ from pathlib import Path
 import pytest
 
 from store.archive import WHITEOUT_OPAQUE, Limits, TarGuard
+from store.digest import Digester
+from store.errors import (
+    LimitExceeded,
+    MalformedDocument,
+    UnsafeArchiveEntry,
+)
 from store.tarapply import apply_tar
 from store.tarwriter import encode_header, write_tree
-from store.digest import Digester
-from store.errors import LimitExceeded, MalformedDocument, StoreError, UnsafeArchiveEntry
 from tests.store import hostile_tar as ht
 from tests.store.treespec import describe, rich_tree, snapshot
 
@@ -769,9 +773,17 @@ def test_not_root_skips_devices_and_ownership(tmp_path: Path, monkeypatch: pytes
     monkeypatch.undo()
     assert listing(root) == ["f"] and os.stat(root / "f").st_uid == os.geteuid()
     assert applied.skipped == ("mem: device nodes are created only as root",)
-    with pytest.raises(StoreError, match="needs root"):
-        monkeypatch.setattr(os, "geteuid", lambda: 1000)
-        apply_bytes(ht.archive(), root, whiteouts="overlay")
+
+
+def test_not_root_marks_opaque_directories_in_user_xattrs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Unprivileged OverlayFS (mount option userxattr) reads user.overlay.*, not trusted.overlay.*.
+    root = tmp_path / "r"
+    root.mkdir()
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    apply_bytes(ht.archive(ht.directory(b"d"), ht.file(b"d/.wh..wh..opq")), root, whiteouts="overlay")
+    monkeypatch.undo()
+    assert os.getxattr(root / "d", "user.overlay.opaque") == b"y"
+    assert "trusted.overlay.opaque" not in os.listxattr(root / "d")
 
 
 @needs_root

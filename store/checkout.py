@@ -1,0 +1,94 @@
+"""Checking out an image: its layers unpacked once into committed snapshots, a fresh writable one on top.
+
+`checkout(store, image)` walks the image's layers bottom up. Each prefix of
+the stack is a committed snapshot named by its chainID; one that is missing
+(never unpacked, or its files were removed: snapshots are a cache) is
+unpacked from its verified blob into a new active snapshot and committed.
+Two processes unpacking the same layer race harmlessly: the first commit
+wins, the loser removes its copy. On top goes an active snapshot under a
+fresh key, held by a lease so that `pybuild prune` leaves it alone, and
+removed by `Checkout.remove` (the lease dies with its process otherwise,
+and the next sweep takes what a killed process left).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .errors import AlreadyExists, MalformedDocument
+from .image import chain_id
+from .layer import apply_layer
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from .images import Image, Store
+    from .metadata import Lease
+    from .snapshots import Mount
+
+__all__ = ["Checkout", "checkout", "unpack_image"]
+
+
+@dataclass(frozen=True, slots=True)
+class Checkout:
+    """A writable snapshot over an image: mount `mounts` as a root, then `remove()` (or keep it)."""
+
+    store: Store
+    key: str
+    parent: str | None  # the chainID of the image's layers, None for an image without layers
+    mounts: tuple[Mount, ...]
+    lease: Lease
+
+    @property
+    def upper_dir(self) -> Path:
+        return self.store.snapshots.upper_dir(self.key)
+
+    def remove(self) -> None:
+        try:
+            self.store.snapshots.remove(self.key)
+        finally:
+            self.lease.release()
+
+
+def checkout(store: Store, image: Image, *, prefix: str = "checkout") -> Checkout:
+    parent = unpack_image(store, image)
+    key = f"{prefix}-{secrets.token_hex(8)}"
+    lease = store.metadata.lease()
+    try:
+        lease.add_snapshot(key)
+        mounts = store.snapshots.prepare(key, parent)
+    except BaseException:
+        lease.release()
+        raise
+    return Checkout(store, key, parent, mounts, lease)
+
+
+def unpack_image(store: Store, image: Image) -> str | None:
+    """Make sure every layer of `image` is a committed snapshot; the top one's name (None: no layers)."""
+    snapshots = store.snapshots
+    layers, diff_ids = image.manifest.layers, image.config.diff_ids
+    if len(layers) != len(diff_ids):
+        raise MalformedDocument(
+            f"image {image.manifest_descriptor.digest}: {len(layers)} layer(s) but {len(diff_ids)} diff_id(s)"
+        )
+    chain: str | None = None
+    for layer, diff_id in zip(layers, diff_ids):
+        parent, chain = chain, str(chain_id([chain, diff_id]) if chain else diff_id)
+        if snapshots.usable(chain):
+            continue
+        snapshots.discard(chain)  # a record whose files are gone: rebuild it
+        key = f"unpack-{secrets.token_hex(8)}"
+        with store.metadata.lease() as lease:
+            lease.add_snapshot(key)
+            snapshots.prepare(key, parent)
+            try:
+                apply_layer(store.content, layer, snapshots.upper_dir(key), diff_id=diff_id, whiteouts="overlay")
+                snapshots.commit(chain, key)
+            except AlreadyExists:
+                snapshots.remove(key)
+            except BaseException:
+                snapshots.remove(key)
+                raise
+    return chain

@@ -1,0 +1,184 @@
+"""OverlaySnapshotter: snapshots as OverlayFS layers under `<store>/snapshots/`.
+
+Each snapshot is `snapshots/<id>/fs` (its files: the upper directory of an
+active snapshot, a lower directory once committed) and `snapshots/<id>/work`
+(OverlayFS's work directory, active snapshots only). `<id>` is 16 hex digits
+of sha256(key): short, so that a stack of ~200 layers still fits in one
+mount option string when written relative to `snapshots/`. Records (kind,
+parent) live in the store's metadata database; the directory follows its
+record, so commit renames `<id of key>` to `<id of name>`.
+
+Mount options turn off what would make an upper directory more than a plain
+change set: `redirect_dir` (renamed directories), `metacopy` (metadata-only
+copy-up) and `index` (hard-link bookkeeping). Unprivileged, OverlayFS keeps
+its markers in `user.overlay.*` xattrs (`userxattr`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .errors import AlreadyExists, NotFound, StoreError
+from .snapshots import Kind, Mount, SnapshotInfo
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .metadata import Metadata
+
+__all__ = ["OverlaySnapshotter"]
+
+_OVERLAY_OPTIONS = ("metacopy=off", "index=off")
+
+
+class OverlaySnapshotter:
+    """See the module docstring; the protocol is store.snapshots.Snapshotter."""
+
+    def __init__(self, root: str | os.PathLike[str], metadata: Metadata, *, userxattr: bool | None = None) -> None:
+        self.root = Path(root) / "snapshots"
+        self._metadata = metadata
+        self._userxattr = os.geteuid() != 0 if userxattr is None else userxattr
+
+    # ---- the protocol ----------------------------------------------------
+
+    def stat(self, key: str) -> SnapshotInfo:
+        record = self._metadata.get_snapshot(key)
+        return SnapshotInfo(Kind(record.kind), record.key, record.parent, record.created)
+
+    def prepare(self, key: str, parent: str | None = None) -> tuple[Mount, ...]:
+        return self._create(key, parent, Kind.ACTIVE)
+
+    def view(self, key: str, parent: str) -> tuple[Mount, ...]:
+        return self._create(key, parent, Kind.VIEW)
+
+    def mounts(self, key: str) -> tuple[Mount, ...]:
+        info = self.stat(key)
+        if info.kind is Kind.COMMITTED:
+            raise StoreError(f"snapshot {key}: committed, mount a view or an active snapshot over it")
+        return self._mounts(key, info.kind, info.parent)
+
+    def commit(self, name: str, key: str) -> None:
+        """Make active `key` the committed snapshot `name` (AlreadyExists when another commit won)."""
+        with self._metadata.gc_lock(exclusive=False):
+            self._metadata.commit_snapshot(key, name)
+            shutil.rmtree(self._dir(key) / "work", ignore_errors=True)
+            os.rename(self._dir(key), self._dir(name))
+
+    def remove(self, key: str) -> None:
+        self._metadata.delete_snapshot(key)
+        self._rmtree(self._dir(key))
+
+    def walk(self) -> Iterator[SnapshotInfo]:
+        for record in self._metadata.snapshots():
+            yield SnapshotInfo(Kind(record.kind), record.key, record.parent, record.created)
+
+    # ---- beyond the protocol ---------------------------------------------
+
+    def upper_dir(self, key: str) -> Path:
+        """The files of snapshot `key`: an active snapshot's upper directory (for the differ)."""
+        return self._dir(key) / "fs"
+
+    def usable(self, name: str) -> bool:
+        """Whether committed snapshot `name` exists with its files (a cache: they may be gone)."""
+        try:
+            info = self.stat(name)
+        except NotFound:
+            return False
+        return info.kind is Kind.COMMITTED and os.path.isdir(self.upper_dir(name))
+
+    def discard(self, name: str) -> None:
+        """Forget committed snapshot `name` whose files are missing or damaged, and what was stacked on it."""
+        children: dict[str | None, list[str]] = {}
+        for record in self._metadata.snapshots():
+            children.setdefault(record.parent, []).append(record.key)
+        order, todo = [], [name]
+        while todo:
+            key = todo.pop()
+            order.append(key)
+            todo.extend(children.get(key, ()))
+        for key in reversed(order):
+            with contextlib.suppress(NotFound):
+                self.remove(key)
+
+    def sweep(self) -> list[str]:
+        """Remove snapshot directories no record names (a commit or remove cut short); returns their ids."""
+        removed = []
+        with self._metadata.gc_lock(exclusive=True):
+            known = {self._id(record.key) for record in self._metadata.snapshots()}
+            with contextlib.suppress(FileNotFoundError):
+                for entry in os.scandir(self.root):
+                    if entry.name not in known:
+                        self._rmtree(Path(entry.path))
+                        removed.append(entry.name)
+        return removed
+
+    # ---- internals -------------------------------------------------------
+
+    def _create(self, key: str, parent: str | None, kind: Kind) -> tuple[Mount, ...]:
+        if parent is not None and not self.usable(parent):
+            raise NotFound(f"snapshot {key}: parent {parent}: not found")
+        self._metadata.put_snapshot(key, parent=parent, kind=kind.value)
+        where = self._dir(key)
+        try:
+            os.makedirs(self.root, exist_ok=True)
+            os.mkdir(where, 0o700)
+            if kind is Kind.ACTIVE:
+                os.mkdir(where / "fs", 0o755)
+                os.mkdir(where / "work", 0o700)
+        except FileExistsError:
+            self._metadata.delete_snapshot(key)
+            raise AlreadyExists(f"snapshot {key}: its directory {where} exists already") from None
+        except BaseException:
+            self._metadata.delete_snapshot(key)
+            self._rmtree(where)
+            raise
+        return self._mounts(key, kind, parent)
+
+    def _mounts(self, key: str, kind: Kind, parent: str | None) -> tuple[Mount, ...]:
+        lowers = [str(self.upper_dir(p)) for p in self._parents(parent)]
+        own = self._dir(key)
+        if kind is Kind.VIEW:
+            if len(lowers) == 1:
+                return (Mount("bind", lowers[0], ("rbind", "ro")),)
+            return (Mount("overlay", "overlay", ("lowerdir=" + ":".join(lowers), *_OVERLAY_OPTIONS, *self._extra)),)
+        if not lowers:
+            return (Mount("bind", str(own / "fs"), ("rbind", "rw")),)
+        options = (
+            "lowerdir=" + ":".join(lowers),
+            f"upperdir={own / 'fs'}",
+            f"workdir={own / 'work'}",
+            *self._extra,
+            *_OVERLAY_OPTIONS,
+        )
+        return (Mount("overlay", "overlay", options),)
+
+    @property
+    def _extra(self) -> tuple[str, ...]:
+        # userxattr already implies no redirects; the kernel refuses it with redirect_dir=off.
+        return ("userxattr",) if self._userxattr else ("redirect_dir=off",)
+
+    def _parents(self, parent: str | None) -> list[str]:
+        chain = []
+        while parent is not None:
+            chain.append(parent)
+            parent = self._metadata.get_snapshot(parent).parent
+        return chain
+
+    def _dir(self, key: str) -> Path:
+        return self.root / self._id(key)
+
+    @staticmethod
+    def _id(key: str) -> str:
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    @staticmethod
+    def _rmtree(path: Path) -> None:
+        # OverlayFS leaves work/work mode 000: fine for root, not for its unprivileged owner.
+        with contextlib.suppress(OSError):
+            os.chmod(path / "work" / "work", 0o700)
+        shutil.rmtree(path, ignore_errors=True)  # what stays, sweep() takes later
