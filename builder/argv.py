@@ -30,7 +30,7 @@ class Option:
     def __init__(
         self,
         *names: str,
-        help: str,  # noqa: A002 - the natural name here
+        help: str,
         takes_value: bool = False,
         repeat: bool = False,
         metavar: str = "VALUE",
@@ -51,7 +51,7 @@ class Positional:
     """A positional argument; `optional` ones may be left out (None), `many` takes all the rest (a list)."""
 
     def __init__(
-        self, name: str, *, help: str, optional: bool = False, many: bool = False, metavar: str | None = None  # noqa: A002
+        self, name: str, *, help: str, optional: bool = False, many: bool = False, metavar: str | None = None
     ) -> None:
         self.dest = name
         self.help = help
@@ -63,8 +63,17 @@ class Positional:
 class Spec:
     """What one command accepts: its options and positionals, for parsing and help."""
 
-    def __init__(self, prog: str, summary: str, options: Sequence[Option] = (), positionals: Sequence[Positional] = ()) -> None:
+    def __init__(
+        self,
+        prog: str,
+        summary: str,
+        options: Sequence[Option] = (),
+        positionals: Sequence[Positional] = (),
+        *,
+        interspersed: bool = True,
+    ) -> None:
         self.prog = prog
+        self.interspersed = interspersed  # False: options end at the first positional (`run IMAGE ls -l`)
         self.summary = summary
         self.options = list(options)
         self.positionals = list(positionals)
@@ -109,6 +118,9 @@ def parse_args(spec: Spec, argv: Sequence[str]) -> dict[str, object]:
             _short(spec, values, arg, args)
         else:
             positionals.append(arg)
+            if not spec.interspersed:
+                positionals += args
+                break
     for p in spec.positionals:
         if p.many and positionals:
             values[p.dest], positionals = positionals, []

@@ -103,6 +103,10 @@ def _report(exc: BaseException, debug: bool) -> int:
             print("  hint: run `pybuild store verify` to check the whole store", file=sys.stderr)
             return EXIT_INTEGRITY
         return EXIT_USAGE
+    builder_errors = sys.modules.get("builder.errors")
+    if builder_errors is not None and isinstance(exc, builder_errors.BuilderError):
+        print(f"pybuild: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         print(f"pybuild: error: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -30,8 +30,8 @@ class Command:
         return importlib.import_module(module).__dict__[function](args, console)  # type: ignore[no-any-return]
 
 
-def _spec(name: str, summary: str, options: list[Option] = (), positionals: list[Positional] = ()) -> Spec:  # type: ignore[assignment]
-    return Spec(f"pybuild {name}", summary, list(options), list(positionals))
+def _spec(name: str, summary: str, options: list[Option] = (), positionals: list[Positional] = (), **kw: bool) -> Spec:  # type: ignore[assignment]
+    return Spec(f"pybuild {name}", summary, list(options), list(positionals), **kw)
 
 
 _STORE = Option("--store", help="the image store directory (default: $PYBUILD_STORE or the user's)", takes_value=True, metavar="DIR")
@@ -53,6 +53,34 @@ COMMANDS: dict[str, Command] = {
             [Positional("file", help="the recipe to parse (- for standard input)")],
         ),
         "builder.commands.parse:run",
+    ),
+    "run": Command(
+        _spec(
+            "run",
+            "run a command in a new container from an image",
+            [
+                Option("--rm", help="remove the container's writable layer when it exits (the default)"),
+                Option("--keep", help="keep the writable layer and print where it is"),
+                Option("-e", "--env", help="set an environment variable (KEY=VALUE, or KEY to pass ours)", repeat=True, metavar="ENV"),
+                Option("-v", "--volume", help="bind-mount HOST:CONTAINER[:ro|rw]", repeat=True, metavar="VOLUME"),
+                Option("-w", "--workdir", help="the working directory in the container", takes_value=True, metavar="DIR"),
+                Option("-u", "--user", help="USER[:GROUP], names or numeric ids", takes_value=True, metavar="USER"),
+                Option("--entrypoint", help="override the image's ENTRYPOINT", takes_value=True, metavar="CMD"),
+                Option("--hostname", help="the container's host name", takes_value=True, metavar="NAME"),
+                Option("--memory", "-m", help="memory limit (e.g. 256m, 1g)", takes_value=True, metavar="SIZE"),
+                Option("--memory-swap", help="memory plus swap limit (-1: unlimited swap)", takes_value=True, metavar="SIZE"),
+                Option("--cpus", help="CPU quota in cores (e.g. 0.5)", takes_value=True, metavar="N"),
+                Option("--pids-limit", help="maximum number of processes", takes_value=True, metavar="N"),
+                Option("--network", help="none (default: only loopback) or host", takes_value=True, metavar="MODE", default="none"),
+                Option("--timeout", help="kill the container after this many seconds", takes_value=True, metavar="SECONDS"),
+                Option("-i", "--interactive", help="keep standard input open"),
+                Option("-t", "--tty", help="allocate a pseudo-terminal"),
+                _STORE,
+            ],
+            [Positional("image", help="the image"), Positional("command", help="the command and its arguments", many=True, optional=True)],
+            interspersed=False,
+        ),
+        "builder.commands.run:run",
     ),
     "images": Command(
         _spec("images", "list the images in the store", [_JSON, _STORE]), "builder.commands.images:images"

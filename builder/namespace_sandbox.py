@@ -1,0 +1,819 @@
+"""NamespaceSandbox: builder.sandbox's interface on Linux namespaces, OverlayFS and cgroups.
+
+How one run goes (`run`):
+
+1. The parent makes a run directory under the state root (the files bound
+   over /etc/hosts, /etc/hostname and /etc/resolv.conf, and the mount point
+   of the new root), holds a lock on it while the run lives, and makes the
+   cgroup when limits are asked for.
+2. As root, it sets its own pid-namespace-for-children to a new namespace,
+   forks (the child is PID 1 there) and sets it back: one fork. Unprivileged,
+   a first child makes a user namespace, the parent maps ids into it
+   (newuidmap/newgidmap over /etc/subuid, else the caller's single id), and
+   that child forks PID 1 into the other new namespaces.
+3. PID 1 (`_Container.start`, Python until exec) joins the cgroup, makes the
+   mount, UTS, IPC, cgroup (and network) namespaces, mounts the root,
+   pivot_roots into it, mounts /proc, /dev, /sys and the binds, drops to the
+   Docker default capabilities and the user, sets no_new_privs and execs the
+   command. Set-up errors reach the parent through a close-on-exec pipe.
+4. The parent streams output, enforces the timeout, waits for PID 1: when it
+   exits the kernel kills every other process of the namespace and drops its
+   mounts. Then the parent removes mount stubs from the upper directory, the
+   cgroup and the run directory.
+
+A parent killed with SIGKILL takes PID 1 with it (PR_SET_PDEATHSIG); its run
+directory and cgroup are swept by the next NamespaceSandbox (their lock is
+free). Mounts never outlive their namespace, so none can be left on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import secrets
+import select
+import shutil
+import signal
+import socket
+import stat
+import struct
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import _linux as linux
+from .cgroups import Cgroup, sweep_stale
+from .errors import SandboxError
+from .sandbox import DEFAULT_PATH, ExecRequest, ExecResult
+from .users import UserError, resolve_user
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from store.snapshots import Mount
+
+__all__ = ["NamespaceSandbox", "default_state_root"]
+
+# Docker's default capability set.
+_DEFAULT_CAPS = sum(1 << c for c in (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31))
+_DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_MASKED = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sysrq-trigger", "/proc/latency_stats",
+           "/proc/sched_debug", "/proc/acpi", "/proc/scsi")  # fmt: skip
+_READONLY = ("/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq")
+_STUB_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+_PAGE = 4096
+_OPAQUE = frozenset({"trusted.overlay.opaque", "user.overlay.opaque"})
+_NOEXEC_FLAGS = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
+
+
+def default_state_root() -> Path:
+    if os.geteuid() == 0:
+        return Path("/run/pybuild/sandbox")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.access(runtime, os.W_OK):
+        return Path(runtime) / "pybuild" / "sandbox"
+    return Path(f"/tmp/pybuild-{os.getuid()}/sandbox")
+
+
+class NamespaceSandbox:
+    """See the module docstring and builder.sandbox."""
+
+    def __init__(self, state_root: str | os.PathLike[str] | None = None) -> None:
+        self.state_root = Path(state_root) if state_root is not None else default_state_root()
+        self.rootless = os.geteuid() != 0
+        os.makedirs(self.state_root, mode=0o700, exist_ok=True)
+        self.swept = self.sweep()
+        # This sandbox's directory: the root mount point (every run mounts its root
+        # there, each in its own mount namespace) and the /etc files, made once.
+        self._dir = self.state_root / secrets.token_hex(6)
+        os.mkdir(self._dir, 0o700)
+        self._lock = os.open(self._dir / "lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        os.mkdir(self._dir / "root", 0o755)
+        self._etc: dict[tuple[str, str], str] = {}
+        self._pidns = None if self.rootless else os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self.warnings: tuple[str, ...] = ()
+        if self.rootless and not subordinate_ids_available():
+            self.warnings = (
+                (
+                    "no range for this user in /etc/subuid and /etc/subgid: containers get a single id (root), "
+                    "so USER and chown to other ids fail"
+                ),
+            )
+
+    def close(self) -> None:
+        """Remove this sandbox's state directory; runs must have ended."""
+        if self._pidns is not None:
+            os.close(self._pidns)
+            self._pidns = None
+        if self._lock is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+            os.close(self._lock)
+            self._lock = None
+
+    def __enter__(self) -> NamespaceSandbox:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
+
+    def sweep(self) -> list[str]:
+        """Remove the state directories and cgroups of dead sandboxes; returns the directory names."""
+        removed = []
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.state_root):
+                lock = os.path.join(entry.path, "lock")
+                try:
+                    fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
+                except FileNotFoundError:
+                    fd = None  # cut short between mkdir and lock: old enough means dead
+                    if time.time() - entry.stat(follow_symlinks=False).st_mtime < 60:
+                        continue
+                if fd is not None:
+                    try:
+                        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue  # a live sandbox
+                    finally:
+                        os.close(fd)
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.name)
+        with contextlib.suppress(OSError):
+            sweep_stale()
+        return removed
+
+    # ---- one run ---------------------------------------------------------
+
+    def run(
+        self,
+        request: ExecRequest,
+        *,
+        on_output: Callable[[int, bytes], None] | None = None,
+        on_pty: Callable[[int], None] | None = None,
+        forward_signals: tuple[int, ...] = (),
+    ) -> ExecResult:
+        """Run `request`; `forward_signals` are relayed to the command while it runs (`pybuild run` does).
+
+        With `request.tty`, the container opens a pseudo-terminal of its own
+        /dev/pts as its standard input, output and error, and `on_pty` gets
+        the master side (an fd it then owns) to relay.
+        """
+        if not request.argv:
+            raise SandboxError("nothing to run: the command is empty")
+        if self._lock is None:
+            raise SandboxError("sandbox: closed")
+        etc = self._etc_files(request)
+        cgroup = None
+        warnings = list(self.warnings)
+        try:
+            if not request.limits.empty():
+                cgroup = Cgroup.create(f"pybuild-{secrets.token_hex(6)}", request.limits)
+                warnings.extend(cgroup.warnings)
+            container = _Container(request, str(self._dir / "root"), etc, cgroup.join_fds() if cgroup else ())
+            return self._run(container, cgroup, on_output, on_pty, forward_signals, warnings)
+        finally:
+            if cgroup is not None:
+                cgroup.destroy()
+
+    def _etc_files(self, request: ExecRequest) -> str:
+        """The directory holding hosts, hostname and resolv.conf for this hostname and network."""
+        key = (request.hostname or "pybuild", request.network)
+        where = self._etc.get(key)
+        if where is None:
+            where = str(self._dir / f"etc-{len(self._etc)}")
+            os.mkdir(where, 0o755)
+            _write_etc_files(Path(where), *key)
+            self._etc[key] = where
+        return where
+
+    def _run(
+        self,
+        container: _Container,
+        cgroup: Cgroup | None,
+        on_output: Callable[[int, bytes], None] | None,
+        on_pty: Callable[[int], None] | None,
+        forward_signals: tuple[int, ...],
+        warnings: list[str],
+    ) -> ExecResult:
+        request = container.request
+        report_r, report_w = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+        life_r, life_w = os.pipe2(os.O_CLOEXEC)  # PID 1 sees EOF on life_r once the parent is gone
+        pipes: dict[int, int] = {}  # read end -> 1 or 2
+        child_ends = []
+        stdio = [request.stdin, request.stdout, request.stderr]
+        if stdio[0] is None:
+            stdio[0] = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            child_ends.append(stdio[0])
+        for index in (1, 2):
+            if stdio[index] is None:
+                r, w = os.pipe2(os.O_CLOEXEC)
+                pipes[r] = index
+                stdio[index] = w
+                child_ends.append(w)
+        container.stdio = tuple(stdio)  # type: ignore[assignment]
+        started = time.monotonic()
+        try:
+            pid = self._fork(container, report_w, life_r, life_w)
+        except BaseException:
+            for fd in (report_r, report_w, life_r, life_w, *pipes, *child_ends):
+                os.close(fd)
+            raise
+        finally:
+            if cgroup is not None:
+                cgroup.close_fds()
+        for fd in (report_w, life_r, *child_ends):
+            os.close(fd)
+        try:
+            status, rusage, timed_out, report = _supervise(
+                pid, report_r, pipes, on_output, on_pty, request.timeout, started, forward_signals
+            )
+        finally:
+            os.close(life_w)
+            for fd in pipes:
+                os.close(fd)
+            os.close(report_r)
+        duration = time.monotonic() - started
+        stubs, error, exec_error = _parse_report(report)
+        _remove_stubs(request.rootfs, stubs)
+        if error is not None:
+            raise SandboxError(error)
+        oom = cgroup.oom_killed() if cgroup is not None else False
+        stats = cgroup.stats() if cgroup is not None else None
+        cpu = rusage.ru_utime + rusage.ru_stime
+        max_rss = rusage.ru_maxrss * 1024
+        if stats is not None:
+            cpu = stats.cpu_usage_ns / 1e9 if stats.cpu_usage_ns is not None else cpu
+            max_rss = stats.memory_peak if stats.memory_peak is not None else max_rss
+        signo = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
+        code = 128 + signo if signo is not None else os.waitstatus_to_exitcode(status)
+        return ExecResult(
+            status=code,
+            signal=signo,
+            oom_killed=oom and signo == signal.SIGKILL,
+            timed_out=timed_out,
+            duration=duration,
+            cpu_time=cpu,
+            max_rss=max_rss,
+            memory_limit=request.limits.memory,
+            timeout=request.timeout,
+            warnings=tuple(warnings),
+            error=exec_error,
+        )
+
+    def _fork(self, container: _Container, report_w: int, life_r: int, life_w: int) -> int:
+        if self.rootless:
+            return _fork_rootless(container, report_w, life_r, life_w)
+        assert self._pidns is not None
+        linux.unshare(linux.CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        except BaseException:
+            linux.setns(self._pidns, linux.CLONE_NEWPID)
+            raise
+        if pid == 0:
+            container.start(report_w, life_r, life_w, namespaces=_NAMESPACES)
+        linux.setns(self._pidns, linux.CLONE_NEWPID)
+        return pid
+
+
+_NAMESPACES = linux.CLONE_NEWNS | linux.CLONE_NEWUTS | linux.CLONE_NEWIPC | linux.CLONE_NEWCGROUP
+
+
+def _fork_rootless(container: _Container, report_w: int, life_r: int, life_w: int) -> int:
+    """Unprivileged: a first child makes the user namespace, gets its ids mapped, then forks PID 1."""
+    ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+    mapped_r, mapped_w = os.pipe2(os.O_CLOEXEC)
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(ready_r)
+            os.close(mapped_w)
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+            linux.unshare(linux.CLONE_NEWUSER)
+            os.write(ready_w, b"u")
+            if os.read(mapped_r, 1) != b"m":
+                os._exit(1)
+            os.setresgid(0, 0, 0)
+            os.setresuid(0, 0, 0)
+            linux.unshare(linux.CLONE_NEWPID)
+            inner = os.fork()
+            if inner == 0:
+                container.start(report_w, life_r, life_w, namespaces=_NAMESPACES)
+            for fd in container.stdio:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+            _, status = os.waitpid(inner, 0)
+            if os.WIFSIGNALED(status):
+                signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
+                os.kill(os.getpid(), os.WTERMSIG(status))
+            code = os.waitstatus_to_exitcode(status)
+        except BaseException as exc:  # noqa: BLE001 - report and leave, whatever it was
+            with contextlib.suppress(OSError):
+                os.write(report_w, b"error\0" + f"user namespace: {exc}".encode() + b"\n")
+        os._exit(code)
+    os.close(ready_w)
+    os.close(mapped_r)
+    try:
+        if os.read(ready_r, 1) != b"u":
+            raise SandboxError("user namespace: the sandbox process died before its ids were mapped")
+        _map_ids(pid)
+        os.write(mapped_w, b"m")
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(ready_r)
+        os.close(mapped_w)
+    return pid
+
+
+def _map_ids(pid: int) -> None:
+    """Map root in the user namespace of `pid` to the caller, and a subordinate range beside it when allowed."""
+    uid, gid = os.getuid(), os.getgid()
+    subuid, subgid = _subordinate("/etc/subuid", uid), _subordinate("/etc/subgid", gid)
+    if subuid and subgid and shutil.which("newuidmap") and shutil.which("newgidmap"):
+        for tool, own, (start, count) in (("newuidmap", uid, subuid), ("newgidmap", gid, subgid)):
+            result = subprocess.run([tool, str(pid), "0", str(own), "1", "1", str(start), str(count)],
+                                    capture_output=True, text=True, check=False)  # fmt: skip
+            if result.returncode != 0:
+                raise SandboxError(f"{tool}: {result.stderr.strip() or f'exit status {result.returncode}'}")
+        return
+    with open(f"/proc/{pid}/uid_map", "w") as f:
+        f.write(f"0 {uid} 1\n")
+    with open(f"/proc/{pid}/setgroups", "w") as f:
+        f.write("deny\n")
+    with open(f"/proc/{pid}/gid_map", "w") as f:
+        f.write(f"0 {gid} 1\n")
+
+
+def _subordinate(path: str, own: int) -> tuple[int, int] | None:
+    try:
+        import pwd
+
+        name = pwd.getpwuid(own).pw_name
+    except (KeyError, ImportError):
+        name = None
+    try:
+        with open(path) as f:
+            for line in f:
+                fields = line.strip().split(":")
+                if len(fields) == 3 and fields[0] in (name, str(own)) and fields[2].isdigit() and int(fields[2]) > 0:
+                    return int(fields[1]), int(fields[2])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def subordinate_ids_available() -> bool:
+    """Whether this user gets a full id range (else a single id: files the command chowns keep the caller's)."""
+    return bool(_subordinate("/etc/subuid", os.getuid()) and _subordinate("/etc/subgid", os.getgid()))
+
+
+def _write_etc_files(where: Path, hostname: str, network: str) -> None:
+    if network == "host":
+        hosts = _read_host("/etc/hosts") or b"127.0.0.1\tlocalhost\n"
+        resolv = _read_host("/etc/resolv.conf")
+    else:
+        hosts = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        resolv = b""
+    hosts += f"127.0.1.1\t{hostname}\n".encode()
+    for name, data in (("hosts", hosts), ("hostname", hostname.encode() + b"\n"), ("resolv.conf", resolv)):
+        with open(where / name, "wb") as f:
+            f.write(data)
+
+
+def _read_host(path: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read(1 << 20)
+    except OSError:
+        return b""
+
+
+class _Container:
+    """What PID 1 does between fork and exec; every method runs in the child."""
+
+    def __init__(self, request: ExecRequest, root: str, etc: str, cgroup_fds: tuple[int, ...]) -> None:
+        self.request = request
+        self.root = root
+        self.etc = etc
+        self.cgroup_fds = cgroup_fds
+        self.stdio: tuple[int, int, int] = (0, 1, 2)
+        self.stubs: list[str] = []
+
+    def start(self, report_w: int, life_r: int, life_w: int, *, namespaces: int) -> None:
+        code = 127
+        try:
+            os.close(life_w)
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+            if select.select([life_r], [], [], 0)[0]:
+                os._exit(1)  # the parent died before PDEATHSIG was set
+            self.report = socket.socket(fileno=report_w)
+            self._setup(namespaces)
+            os.write(report_w, b"stubs\0" + "\0".join(self.stubs).encode() + b"\n")
+            self._exec()
+        except _ExecFailed as exc:
+            code = exc.code
+            _report(report_w, str(exc), kind=b"exec")
+        except BaseException as exc:  # noqa: BLE001 - every failure is reported, none escapes the child
+            _report(report_w, _describe(exc))
+        os._exit(code)
+
+    def _setup(self, namespaces: int) -> None:
+        request = self.request
+        for fd in self.cgroup_fds:
+            os.write(fd, b"0")
+            os.close(fd)
+        linux.unshare(namespaces | (linux.CLONE_NEWNET if request.network == "none" else 0))
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        socket.sethostname(request.hostname or "pybuild")
+        stdin, stdout, stderr = self.stdio
+        for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+            os.dup2(fd, target)
+        # Host-side sources, taken before pivot_root hides the host.
+        devices = [linux.open_tree(f"/dev/{name}") for name in _DEVICES]
+        etc = [linux.open_tree(os.path.join(self.etc, os.path.basename(p))) for p in _STUB_FILES]
+        binds = [linux.open_tree(b.source, recursive=True) for b in request.binds]
+        _mount_rootfs(request.rootfs, self.root)
+        os.chdir(self.root)
+        linux.pivot_root(".", ".")
+        linux.umount(".", linux.MNT_DETACH)
+        os.chdir("/")
+        self._proc_dev_sys(devices)
+        for path, fd in zip(_STUB_FILES, etc):
+            self._stub(path, directory=False)
+            linux.move_mount(fd, path)
+            os.close(fd)
+        for bind, fd in zip(request.binds, binds):
+            self._stub(bind.target, directory=stat.S_ISDIR(os.fstat(fd).st_mode))
+            linux.move_mount(fd, bind.target)
+            os.close(fd)
+            if bind.readonly:
+                flags = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_REC
+                linux.mount(None, bind.target, None, flags)
+        if request.network == "none":
+            _loopback_up()
+
+    def _proc_dev_sys(self, devices: list[int]) -> None:
+        self._stub("/proc", directory=True)
+        linux.mount("proc", "/proc", "proc", _NOEXEC_FLAGS)
+        self._stub("/dev", directory=True)
+        linux.mount("tmpfs", "/dev", "tmpfs", linux.MS_NOSUID, "mode=755,size=65536k")
+        for name, fd in zip(_DEVICES, devices):
+            os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+            linux.move_mount(fd, f"/dev/{name}")
+            os.close(fd)
+        os.mkdir("/dev/pts", 0o755)
+        options = "newinstance,ptmxmode=0666,mode=0620"
+        try:
+            linux.mount("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, options + ",gid=5")
+        except OSError as exc:  # unprivileged with a single mapped id: group tty (5) does not exist
+            if exc.errno != errno.EINVAL:
+                raise
+            linux.mount("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, options)
+        os.mkdir("/dev/shm", 0o1777)
+        linux.mount("shm", "/dev/shm", "tmpfs", _NOEXEC_FLAGS, "mode=1777,size=65536k")
+        for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+            os.symlink(target, f"/dev/{link}")
+        for path in _MASKED:
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.isdir(path):
+                    linux.mount("tmpfs", path, "tmpfs", linux.MS_RDONLY, "size=0")
+                else:
+                    linux.mount("/dev/null", path, None, linux.MS_BIND)
+        for path in _READONLY:
+            with contextlib.suppress(FileNotFoundError):
+                linux.mount(path, path, None, linux.MS_BIND | linux.MS_REC)
+                linux.mount(None, path, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_REC)
+        self._stub("/sys", directory=True)
+        try:
+            linux.mount("sysfs", "/sys", "sysfs", _NOEXEC_FLAGS | linux.MS_RDONLY)
+        except PermissionError:
+            pass  # unprivileged with the host's network: sysfs belongs to the host's; leave /sys empty
+
+    def _stub(self, path: str, *, directory: bool) -> None:
+        """Make sure the mount point `path` exists in the container, noting what was created for removal after."""
+        if os.path.lexists(path):
+            if os.path.islink(path):
+                raise SandboxError(f"mount point {path} is a symbolic link in the image")
+            return
+        parent = os.path.dirname(path)
+        if parent != "/" and not os.path.lexists(parent):
+            self._stub(parent, directory=True)
+        if directory:
+            os.mkdir(path, 0o755)
+        else:
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+        self.stubs.append(path)
+
+    def _exec(self) -> None:
+        request = self.request
+        try:
+            creds = resolve_user(request.user, _read_etc("/etc/passwd"), _read_etc("/etc/group"))
+        except UserError as exc:
+            raise _ExecFailed(str(exc), 125) from None
+        env = dict(_split_env(request.env))
+        env.setdefault("PATH", DEFAULT_PATH)
+        env.setdefault("HOSTNAME", request.hostname or "pybuild")
+        env.setdefault("HOME", creds.home)
+        if request.tty:
+            env.setdefault("TERM", "xterm")
+            os.setsid()
+            master, slave = os.openpty()  # of the container's own /dev/pts, so ttyname() works inside
+            for target in (0, 1, 2):
+                os.dup2(slave, target)
+            os.close(slave)
+            fcntl.ioctl(1, _TIOCSCTTY, 0)
+            socket.send_fds(self.report, [b"pty\n"], [master])
+            os.close(master)
+        cwd = request.cwd or "/"
+        try:
+            os.chdir(cwd)
+        except FileNotFoundError:
+            os.makedirs(cwd, 0o755)
+            os.chown(cwd, creds.uid, creds.gid)
+            os.chdir(cwd)
+        linux.drop_bounding_set(_DEFAULT_CAPS, linux.last_cap())
+        if creds.uid != 0 or creds.gid != 0 or len(creds.groups) > 1:
+            os.setgroups(list(creds.groups))
+            os.setresgid(creds.gid, creds.gid, creds.gid)
+            os.setresuid(creds.uid, creds.uid, creds.uid)
+            linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of ids clears it
+        if creds.uid == 0:
+            linux.capset(_DEFAULT_CAPS, _DEFAULT_CAPS, 0)
+        linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+        linux.cloexec_from(3)
+        argv = list(request.argv)
+        try:
+            os.execvpe(argv[0], argv, env)
+        except FileNotFoundError:
+            raise _ExecFailed(f'exec {argv[0]!r}: executable file not found in $PATH or no such file', 127) from None
+        except PermissionError:
+            raise _ExecFailed(f"exec {argv[0]!r}: permission denied", 126) from None
+        except OSError as exc:
+            raise _ExecFailed(f"exec {argv[0]!r}: {exc.strerror}", 126) from None
+
+
+_TIOCSCTTY = 0x540E
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+
+class _ExecFailed(Exception):
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _mount_rootfs(mounts: tuple[Mount, ...], target: str) -> None:
+    if len(mounts) != 1:
+        raise SandboxError(f"root filesystem: expected one mount, got {len(mounts)}")
+    (mount,) = mounts
+    if mount.type == "bind":
+        linux.mount(mount.source, target, None, linux.MS_BIND | linux.MS_REC)
+        if "ro" in mount.options:
+            linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_REC)
+        return
+    if mount.type != "overlay":
+        raise SandboxError(f"root filesystem: cannot mount type {mount.type!r}")
+    data = ",".join(mount.options)
+    if len(data) >= _PAGE:
+        data = _compact(mount.options)
+    linux.mount(mount.source, target, "overlay", 0, data)
+
+
+def _compact(options: tuple[str, ...]) -> str:
+    """Options with lower/upper/work dirs relative to their common parent, which becomes the cwd.
+
+    A mount's options must fit in a page; with snapshot ids of 16 hex digits a
+    relative lower dir costs 20 bytes, so about 200 layers fit.
+    """
+    paths = [o.split("=", 1)[1] for o in options if o.startswith(("lowerdir=", "upperdir=", "workdir="))]
+    dirs = [p for value in paths for p in value.split(":")]
+    common = os.path.commonpath(dirs)
+    os.chdir(common)
+    out = []
+    for option in options:
+        key, _, value = option.partition("=")
+        if key in ("lowerdir", "upperdir", "workdir"):
+            value = ":".join(os.path.relpath(p, common) for p in value.split(":"))
+            option = f"{key}={value}"
+        out.append(option)
+    data = ",".join(out)
+    if len(data) >= _PAGE:
+        raise SandboxError(f"root filesystem: {len(paths[0].split(':'))} layers do not fit in one overlay mount")
+    return data
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+def _read_etc(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4 << 20).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _split_env(env: tuple[str, ...]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in env:
+        key, sep, value = item.partition("=")
+        if sep and key:
+            pairs.append((key, value))
+    return pairs
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror or exc}: {exc.filename}" if exc.strerror else str(exc)
+    return str(exc) or type(exc).__name__
+
+
+def _report(fd: int, message: str, kind: bytes = b"error") -> None:
+    with contextlib.suppress(OSError):
+        os.write(fd, kind + b"\0" + message.replace("\n", " ").encode("utf-8", "replace") + b"\n")
+
+
+def _parse_report(report: bytes) -> tuple[list[str], str | None, str | None]:
+    """(mount stubs made, a set-up error, an exec error) from PID 1's report."""
+    stubs: list[str] = []
+    error = exec_error = None
+    for line in report.split(b"\n"):
+        kind, _, rest = line.partition(b"\0")
+        if kind == b"stubs" and rest:
+            stubs = rest.decode().split("\0")
+        elif kind == b"error":
+            error = rest.decode("utf-8", "replace")
+        elif kind == b"exec":
+            exec_error = rest.decode("utf-8", "replace")
+    return stubs, error, exec_error
+
+
+def _supervise(
+    pid: int,
+    report_r: int,
+    pipes: dict[int, int],
+    on_output: Callable[[int, bytes], None] | None,
+    on_pty: Callable[[int], None] | None,
+    timeout: float | None,
+    started: float,
+    forward_signals: tuple[int, ...],
+) -> tuple[int, os.struct_rusage, bool, bytes]:
+    """Relay output and wait for PID 1; kill it when the timeout runs out. (status, rusage, timed out, report)."""
+    pidfd = os.pidfd_open(pid)
+    report_socket = socket.socket(fileno=os.dup(report_r))
+    poller = select.poll()
+    for fd in (pidfd, report_r, *pipes):
+        poller.register(fd, select.POLLIN)
+    report = bytearray()
+    open_fds = {report_r, *pipes}
+    timed_out = exited = False
+    deadline = started + timeout if timeout is not None else None
+    forward = _SignalForwarder(pidfd, forward_signals)
+    try:
+        while open_fds or not exited:
+            wait = None
+            if deadline is not None and not timed_out:
+                wait = max(0, int((deadline - time.monotonic()) * 1000) + 1)
+            events = poller.poll(wait)
+            if deadline is not None and not timed_out and time.monotonic() >= deadline:
+                timed_out = True
+                _kill(pidfd)
+            for fd, _ in events:
+                if fd == pidfd:
+                    exited = True
+                    poller.unregister(pidfd)
+                    continue
+                if fd == report_r:
+                    data, fds, _, _ = socket.recv_fds(report_socket, 65536, 1)
+                    for received in fds:
+                        if on_pty is not None:
+                            on_pty(received)
+                        else:
+                            os.close(received)
+                else:
+                    data = os.read(fd, 65536)
+                if not data:
+                    poller.unregister(fd)
+                    open_fds.discard(fd)
+                elif fd == report_r:
+                    report += data
+                elif on_output is not None:
+                    on_output(pipes[fd], data)
+    except BaseException:
+        _kill(pidfd)  # Ctrl-C, or a callback that raised: the container goes too
+        raise
+    finally:
+        forward.restore()
+        try:
+            _, status, rusage = os.wait4(pid, 0)
+        finally:
+            os.close(pidfd)
+            report_socket.close()
+    return status, rusage, timed_out, bytes(report)
+
+
+def _kill(pidfd: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+class _SignalForwarder:
+    """While a container runs (in the main thread), the given signals go to its PID 1 instead of to us."""
+
+    def __init__(self, pidfd: int, signals: tuple[int, ...]) -> None:
+        self._saved: dict[int, object] = {}
+        if not signals or threading.current_thread() is not threading.main_thread():
+            return
+
+        def forward(signo: int, frame: object) -> None:
+            with contextlib.suppress(ProcessLookupError, OSError):
+                signal.pidfd_send_signal(pidfd, signo)
+
+        for signo in signals:
+            self._saved[signo] = signal.signal(signo, forward)
+
+    def restore(self) -> None:
+        for signo, handler in self._saved.items():
+            signal.signal(signo, handler)  # type: ignore[arg-type]
+
+
+def _remove_stubs(rootfs: tuple[Mount, ...], stubs: list[str]) -> None:
+    """Take the mount points the container needed out of its upper directory again.
+
+    A stub goes when still empty; then a directory above it that OverlayFS
+    copied up only to hold the stub (empty, not opaque, same owner and mode
+    as in the layer below) goes too, so the layer does not list it.
+    """
+    if not stubs or len(rootfs) != 1:
+        return
+    mount = rootfs[0]
+    upper = mount.option("upperdir") if mount.type == "overlay" else mount.source
+    if upper is None:
+        return
+    lowers = (mount.option("lowerdir") or "").split(":") if mount.type == "overlay" else []
+    parents = {p.rsplit("/", 1)[0] for p in stubs} - set(stubs) - {""}
+    for path in sorted(stubs, key=lambda p: p.count("/"), reverse=True):
+        _remove_empty(upper, path, lowers=None)
+    for path in sorted(parents, key=lambda p: p.count("/"), reverse=True):
+        _remove_empty(upper, path, lowers=lowers)
+
+
+def _remove_empty(upper: str, path: str, *, lowers: list[str] | None) -> None:
+    """Remove `path` under `upper` if an empty file or directory (with `lowers`: a directory as it is below)."""
+    parts = [p for p in path.split("/") if p]
+    try:
+        dfd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        for part in parts[:-1]:
+            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            os.close(dfd)
+            dfd = nfd
+        st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
+        if lowers is not None:
+            if not stat.S_ISDIR(st.st_mode) or not _same_below(lowers, parts, st):
+                return
+            fd = os.open(parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+            try:
+                if _OPAQUE.intersection(os.listxattr(fd)):
+                    return
+            finally:
+                os.close(fd)
+        if stat.S_ISDIR(st.st_mode):
+            os.rmdir(parts[-1], dir_fd=dfd)  # fails, as it should, when not empty
+        elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+            os.unlink(parts[-1], dir_fd=dfd)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.ENOTDIR, errno.ELOOP):
+            raise
+    finally:
+        os.close(dfd)
+
+
+def _same_below(lowers: list[str], parts: list[str], st: os.stat_result) -> bool:
+    for lower in lowers:
+        try:
+            below = os.stat(os.path.join(lower, *parts), follow_symlinks=False)
+        except OSError:
+            continue
+        return (below.st_mode, below.st_uid, below.st_gid) == (st.st_mode, st.st_uid, st.st_gid)
+    return False
