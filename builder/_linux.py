@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 
 __all__ = [
     "CLONE_NEWCGROUP",
@@ -40,6 +39,8 @@ __all__ = [
     "pivot_root",
     "prctl",
     "setns",
+    "sethostname",
+    "inet_socket",
     "umount",
     "unshare",
 ]
@@ -81,7 +82,7 @@ _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
 
 # The new mount API's numbers are the same on every architecture; pivot_root's is not.
-_SYS = {"pivot_root": {"x86_64": 155, "aarch64": 41}.get(platform.machine(), -1)}
+_SYS = {"pivot_root": {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, -1)}
 _SYS.update(open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432)
 
 
@@ -144,6 +145,16 @@ def fs_mount(fstype: str, options: list[tuple[str, str | None]], target: str) ->
             os.close(mnt)
     finally:
         os.close(fs)
+
+
+def sethostname(name: str) -> None:
+    data = name.encode()
+    _check(_libc.sethostname(data, len(data)), "sethostname")
+
+
+def inet_socket() -> int:
+    """An AF_INET datagram socket's fd, for interface ioctls (without importing the socket module)."""
+    return _check(_libc.socket(2, 2 | os.O_CLOEXEC, 0), "socket")  # AF_INET, SOCK_DGRAM | SOCK_CLOEXEC
 
 
 def prctl(option: int, arg: int = 0) -> None:

@@ -32,27 +32,27 @@ import contextlib
 import errno
 import fcntl
 import os
-import secrets
 import select
 import shutil
 import signal
-import socket
 import stat
 import struct
-import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import _linux as linux
-from .cgroups import Cgroup, sweep_stale
 from .errors import SandboxError
 from .sandbox import DEFAULT_PATH, ExecRequest, ExecResult
 from .users import UserError, resolve_user
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    import socket
+
+    from .cgroups import Cgroup
 
     from store.snapshots import Mount
 
@@ -89,7 +89,7 @@ class NamespaceSandbox:
         self.swept = self.sweep()
         # This sandbox's directory: the root mount point (every run mounts its root
         # there, each in its own mount namespace) and the /etc files, made once.
-        self._dir = self.state_root / secrets.token_hex(6)
+        self._dir = self.state_root / os.urandom(6).hex()
         os.mkdir(self._dir, 0o700)
         self._lock = os.open(self._dir / "lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
@@ -146,8 +146,11 @@ class NamespaceSandbox:
                         os.close(fd)
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.name)
-        with contextlib.suppress(OSError):
-            sweep_stale()
+        if removed:  # a dead sandbox may have left cgroups too
+            from .cgroups import sweep_stale
+
+            with contextlib.suppress(OSError):
+                sweep_stale()
         return removed
 
     # ---- one run ---------------------------------------------------------
@@ -174,8 +177,10 @@ class NamespaceSandbox:
         cgroup = None
         warnings = list(self.warnings)
         try:
-            if not request.limits.empty():
-                cgroup = Cgroup.create(f"pybuild-{secrets.token_hex(6)}", request.limits)
+            if request.limits is not None and not request.limits.empty():
+                from .cgroups import Cgroup
+
+                cgroup = Cgroup.create(f"pybuild-{os.urandom(6).hex()}", request.limits)
                 warnings.extend(cgroup.warnings)
             container = _Container(request, str(self._dir / "root"), etc, cgroup.join_fds() if cgroup else ())
             return self._run(container, cgroup, on_output, on_pty, forward_signals, warnings)
@@ -204,7 +209,12 @@ class NamespaceSandbox:
         warnings: list[str],
     ) -> ExecResult:
         request = container.request
-        report_r, report_w = (s.detach() for s in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
+        report_r, report_w = os.pipe2(os.O_CLOEXEC)
+        pty_socket = None
+        if request.tty:  # the container sends its pty's master side over a socket
+            import socket
+
+            pty_socket, container.pty_socket = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         life_r, life_w = os.pipe2(os.O_CLOEXEC)  # PID 1 sees EOF on life_r once the parent is gone
         pipes: dict[int, int] = {}  # read end -> 1 or 2
         child_ends = []
@@ -231,11 +241,15 @@ class NamespaceSandbox:
                 cgroup.close_fds()
         for fd in (report_w, life_r, *child_ends):
             os.close(fd)
+        if container.pty_socket is not None:
+            container.pty_socket.close()
         try:
             status, rusage, timed_out, report = _supervise(
-                pid, report_r, pipes, on_output, on_pty, request.timeout, started, forward_signals
+                pid, report_r, pipes, on_output, pty_socket, on_pty, request.timeout, started, forward_signals
             )
         finally:
+            if pty_socket is not None:
+                pty_socket.close()
             os.close(life_w)
             for fd in pipes:
                 os.close(fd)
@@ -262,7 +276,7 @@ class NamespaceSandbox:
             duration=duration,
             cpu_time=cpu,
             max_rss=max_rss,
-            memory_limit=request.limits.memory,
+            memory_limit=request.limits.memory if request.limits is not None else None,
             timeout=request.timeout,
             warnings=tuple(warnings),
             error=exec_error,
@@ -343,6 +357,8 @@ def _map_ids(pid: int) -> None:
     uid, gid = os.getuid(), os.getgid()
     subuid, subgid = _subordinate("/etc/subuid", uid), _subordinate("/etc/subgid", gid)
     if subuid and subgid and shutil.which("newuidmap") and shutil.which("newgidmap"):
+        import subprocess
+
         for tool, own, (start, count) in (("newuidmap", uid, subuid), ("newgidmap", gid, subgid)):
             result = subprocess.run([tool, str(pid), "0", str(own), "1", "1", str(start), str(count)],
                                     capture_output=True, text=True, check=False)  # fmt: skip
@@ -410,6 +426,7 @@ class _Container:
         self.etc = etc
         self.cgroup_fds = cgroup_fds
         self.stdio: tuple[int, int, int] = (0, 1, 2)
+        self.pty_socket: socket.socket | None = None
         self.stubs: list[str] = []
 
     def start(self, report_w: int, life_r: int, life_w: int, *, namespaces: int) -> None:
@@ -419,7 +436,6 @@ class _Container:
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
             if select.select([life_r], [], [], 0)[0]:
                 os._exit(1)  # the parent died before PDEATHSIG was set
-            self.report = socket.socket(fileno=report_w)
             self._setup(namespaces)
             os.write(report_w, b"stubs\0" + "\0".join(self.stubs).encode() + b"\n")
             self._exec()
@@ -437,7 +453,7 @@ class _Container:
             os.close(fd)
         linux.unshare(namespaces | (linux.CLONE_NEWNET if request.network == "none" else 0))
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-        socket.sethostname(request.hostname or "pybuild")
+        linux.sethostname(request.hostname or "pybuild")
         stdin, stdout, stderr = self.stdio
         for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
             os.dup2(fd, target)
@@ -536,7 +552,9 @@ class _Container:
                 os.dup2(slave, target)
             os.close(slave)
             fcntl.ioctl(1, _TIOCSCTTY, 0)
-            socket.send_fds(self.report, [b"pty\n"], [master])
+            import socket
+
+            socket.send_fds(self.pty_socket, [b"pty"], [master])
             os.close(master)
         cwd = request.cwd or "/"
         try:
@@ -617,10 +635,13 @@ def _compact(options: tuple[str, ...]) -> str:
 
 
 def _loopback_up() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    fd = linux.inet_socket()
+    try:
         request = struct.pack("16sH14x", b"lo", 0)
-        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, request))[1]
-        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+        flags = struct.unpack("16sH14x", fcntl.ioctl(fd, _SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(fd, _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+    finally:
+        os.close(fd)
 
 
 def _read_etc(path: str) -> str:
@@ -671,6 +692,7 @@ def _supervise(
     report_r: int,
     pipes: dict[int, int],
     on_output: Callable[[int, bytes], None] | None,
+    pty_socket: socket.socket | None,
     on_pty: Callable[[int], None] | None,
     timeout: float | None,
     started: float,
@@ -678,10 +700,11 @@ def _supervise(
 ) -> tuple[int, os.struct_rusage, bool, bytes]:
     """Relay output and wait for PID 1; kill it when the timeout runs out. (status, rusage, timed out, report)."""
     pidfd = os.pidfd_open(pid)
-    report_socket = socket.socket(fileno=os.dup(report_r))
     poller = select.poll()
     for fd in (pidfd, report_r, *pipes):
         poller.register(fd, select.POLLIN)
+    if pty_socket is not None:
+        poller.register(pty_socket.fileno(), select.POLLIN)
     report = bytearray()
     open_fds = {report_r, *pipes}
     timed_out = exited = False
@@ -701,15 +724,11 @@ def _supervise(
                     exited = True
                     poller.unregister(pidfd)
                     continue
-                if fd == report_r:
-                    data, fds, _, _ = socket.recv_fds(report_socket, 65536, 1)
-                    for received in fds:
-                        if on_pty is not None:
-                            on_pty(received)
-                        else:
-                            os.close(received)
-                else:
-                    data = os.read(fd, 65536)
+                if pty_socket is not None and fd == pty_socket.fileno():
+                    _receive_pty(pty_socket, on_pty)
+                    poller.unregister(fd)
+                    continue
+                data = os.read(fd, 65536)
                 if not data:
                     poller.unregister(fd)
                     open_fds.discard(fd)
@@ -726,8 +745,18 @@ def _supervise(
             _, status, rusage = os.wait4(pid, 0)
         finally:
             os.close(pidfd)
-            report_socket.close()
     return status, rusage, timed_out, bytes(report)
+
+
+def _receive_pty(sock: socket.socket, on_pty: Callable[[int], None] | None) -> None:
+    import socket
+
+    _, fds, _, _ = socket.recv_fds(sock, 16, 1)
+    for fd in fds:
+        if on_pty is not None:
+            on_pty(fd)
+        else:
+            os.close(fd)
 
 
 def _kill(pidfd: int) -> None:

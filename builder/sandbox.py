@@ -11,7 +11,7 @@ Every RUN step of a build and every `pybuild run` is one `Sandbox.run` of an
 - `network`: "none" (a network namespace of its own with only `lo`) or
   "host" (the host's; builds use it so RUN reaches package mirrors).
 - `binds`: host paths mounted into the container (volumes), read-only or not.
-- `limits`: memory (and swap), CPU quota, pids, as cgroups (builder.cgroups).
+- `limits`: memory (and swap), CPU quota, pids (builder.cgroups.Limits).
 - `stdin`, `stdout`, `stderr`: file descriptors to hand the command; when
   `stdout`/`stderr` are None, output goes to the `on_output` callback of
   `run` as it comes (`on_output(1 or 2, bytes)`). `tty`: the command gets
@@ -40,17 +40,17 @@ namespaces, OverlayFS and cgroups, as root or as an unprivileged user.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
-
-from .cgroups import Limits
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from store.snapshots import Mount
 
-__all__ = ["Bind", "ExecRequest", "ExecResult", "Limits", "Network", "Sandbox"]
+    from .cgroups import Limits
+
+__all__ = ["Bind", "ExecRequest", "ExecResult", "Network", "Sandbox"]
 
 Network = Literal["none", "host"]
 
@@ -76,7 +76,7 @@ class ExecRequest:
     hostname: str = "pybuild"
     network: Network = "none"
     binds: tuple[Bind, ...] = ()
-    limits: Limits = field(default_factory=Limits)
+    limits: Limits | None = None  # builder.cgroups.Limits
     stdin: int | None = None
     stdout: int | None = None
     stderr: int | None = None

@@ -16,32 +16,53 @@ Everything raises subclasses of StoreError with one-line messages (store.errors)
     >>> image.id, [layer.digest for layer in image.manifest.layers]
 """
 
-from .compression import Compression
-from .content import ContentStore, Info, Writer, copy_blob, read_blob, write_blob
-from .descriptor import Descriptor, MediaType
-from .digest import Digest, Digester
-from .errors import (
-    AlreadyExists,
-    DigestMismatch,
-    IntegrityError,
-    InvalidDescriptor,
-    InvalidDigest,
-    InvalidReference,
-    LimitExceeded,
-    MalformedDocument,
-    NotFound,
-    SizeMismatch,
-    StoreError,
-    UnsafeArchiveEntry,
-    UnsupportedMediaType,
-)
-from .image import ImageConfig, Index, Manifest, canonical_json, chain_id
-from .images import Image, Store, default_root
-from .layer import Layer, apply_layer, unpack_layer, write_layer
-from .local import LocalContentStore
-from .reference import Reference, parse_reference
-from .rootfs import import_rootfs
-from .transfer import load, save
+# Names resolve on first use, so `from store.images import Store` does not pay for
+# archives, transfers and layer writing it does not need.
+_WHERE = {
+    "AlreadyExists": "errors",
+    "Compression": "compression",
+    "ContentStore": "content",
+    "Descriptor": "descriptor",
+    "Digest": "digest",
+    "DigestMismatch": "errors",
+    "Digester": "digest",
+    "Image": "images",
+    "ImageConfig": "image",
+    "Index": "image",
+    "Info": "content",
+    "IntegrityError": "errors",
+    "InvalidDescriptor": "errors",
+    "InvalidDigest": "errors",
+    "InvalidReference": "errors",
+    "Layer": "layer",
+    "LimitExceeded": "errors",
+    "LocalContentStore": "local",
+    "MalformedDocument": "errors",
+    "Manifest": "image",
+    "MediaType": "descriptor",
+    "NotFound": "errors",
+    "Reference": "reference",
+    "SizeMismatch": "errors",
+    "Store": "images",
+    "StoreError": "errors",
+    "UnsafeArchiveEntry": "errors",
+    "UnsupportedMediaType": "errors",
+    "Writer": "content",
+    "apply_layer": "layer",
+    "canonical_json": "image",
+    "chain_id": "image",
+    "copy_blob": "content",
+    "default_root": "images",
+    "import_rootfs": "rootfs",
+    "load": "transfer",
+    "parse_reference": "reference",
+    "read_blob": "content",
+    "save": "transfer",
+    "unpack_layer": "layer",
+    "write_blob": "content",
+    "write_layer": "layer",
+}
+
 
 __all__ = [
     "AlreadyExists",
@@ -87,3 +108,18 @@ __all__ = [
     "write_blob",
     "write_layer",
 ]
+
+
+def __getattr__(name: str) -> object:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'store' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -13,13 +13,12 @@ and the next sweep takes what a killed process left).
 
 from __future__ import annotations
 
-import secrets
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .errors import AlreadyExists, MalformedDocument
 from .image import chain_id
-from .layer import apply_layer
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -54,7 +53,7 @@ class Checkout:
 
 def checkout(store: Store, image: Image, *, prefix: str = "checkout") -> Checkout:
     parent = unpack_image(store, image)
-    key = f"{prefix}-{secrets.token_hex(8)}"
+    key = f"{prefix}-{os.urandom(8).hex()}"
     lease = store.metadata.lease()
     try:
         lease.add_snapshot(key)
@@ -78,8 +77,10 @@ def unpack_image(store: Store, image: Image) -> str | None:
         parent, chain = chain, str(chain_id([chain, diff_id]) if chain else diff_id)
         if snapshots.usable(chain):
             continue
+        from .layer import apply_layer
+
         snapshots.discard(chain)  # a record whose files are gone: rebuild it
-        key = f"unpack-{secrets.token_hex(8)}"
+        key = f"unpack-{os.urandom(8).hex()}"
         with store.metadata.lease() as lease:
             lease.add_snapshot(key)
             snapshots.prepare(key, parent)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -23,7 +22,7 @@ __all__ = ["atomic_write", "fsync_directory", "replacing"]
 @contextlib.contextmanager
 def replacing(path: Path, *, replace: bool = True, mode: int = 0o644) -> Iterator[BinaryIO]:
     """A new file that becomes `path` when the block ends; with replace=False an existing `path` wins."""
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
+    temp = path.with_name(f".{path.name}.{os.urandom(8).hex()}.tmp")
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
     try:
         with os.fdopen(fd, "wb") as f:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -279,7 +279,7 @@ _MACHINES = {  # uname -m: OCI architecture and variant (the Go names the image 
 
 def host_platform() -> tuple[str, str | None]:
     """This machine's OCI architecture and variant: ("amd64", None), ("arm64", "v8"), ..."""
-    machine = platform.machine().lower()
+    machine = os.uname().machine.lower()
     return _MACHINES.get(machine, (machine, None))
 
 

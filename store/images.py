@@ -33,7 +33,6 @@ from .image import (
     parse_manifest,
 )
 from .local import LocalContentStore
-from .oci_archive import children
 from .reference import Reference, parse_reference
 from .tags import TagStore
 
@@ -206,6 +205,8 @@ class Store:
         return [descriptor for _, descriptor in self.tags.list()]
 
     def children(self, descriptor: Descriptor) -> Iterable[Descriptor]:
+        from .oci_archive import children
+
         return children(self.content, descriptor)
 
     def prune(self, *, keep_cache: bool = True, dry_run: bool = False) -> GcReport:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +152,7 @@ def unpack_layer(
     dest = Path(dest)
     if os.path.lexists(dest):
         raise StoreError(f"unpack layer {descriptor.digest}: {dest} exists already")
-    staging = dest.parent / f".{dest.name}.staging-{secrets.token_hex(8)}"
+    staging = dest.parent / f".{dest.name}.staging-{os.urandom(8).hex()}"
     os.mkdir(staging, 0o700)
     try:
         applied = apply_layer(store, descriptor, staging, diff_id=diff_id, whiteouts=whiteouts, limits=limits)

@@ -16,7 +16,6 @@ import fcntl
 import io
 import logging
 import os
-import secrets
 import stat
 import time
 from pathlib import Path
@@ -264,7 +263,7 @@ class _Writer:
 def _named_ingest_file(ingest_dir: Path) -> tuple[int, Path]:
     """Where O_TMPFILE is missing: `<random>.partial`, locked before it gets that name
     so no collector can take a starting ingest for an abandoned one."""
-    name = secrets.token_hex(16)
+    name = os.urandom(16).hex()
     creating = ingest_dir / f"{name}{CREATING_SUFFIX}"
     fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     fcntl.flock(fd, fcntl.LOCK_EX)

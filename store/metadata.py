@@ -12,7 +12,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import sqlite3
 import threading
 import time
@@ -135,7 +134,7 @@ class Metadata:
         """A new lease held by this process for `ttl` seconds; use it as a context manager."""
         if not ttl > 0:
             raise ValueError(f"lease ttl must be positive, not {ttl!r}")
-        lease_id = secrets.token_hex(16)
+        lease_id = os.urandom(16).hex()
         fd = _locked_file(self.root / LEASE_DIR, f"{lease_id}.lock")
         now = time.time()
         try:
@@ -401,7 +400,7 @@ class Metadata:
         return db
 
     def _move_aside(self) -> Path:
-        aside = self.path.with_name(f"{DB_NAME}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(3)}")
+        aside = self.path.with_name(f"{DB_NAME}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{os.urandom(3).hex()}")
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
                 os.replace(f"{self.path}{suffix}", f"{aside}{suffix}")
@@ -507,7 +506,7 @@ def _cache_record(row: tuple[Any, ...], refs: list[tuple[Any, ...]]) -> CacheRec
 
 def _locked_file(directory: Path, name: str) -> int:
     """Create `directory/name` already flock'ed: no one ever sees it unlocked while we live."""
-    temporary = directory / f".{secrets.token_hex(8)}.new"
+    temporary = directory / f".{os.urandom(8).hex()}.new"
     fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

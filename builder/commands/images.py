@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -38,6 +37,8 @@ def _ago(created: str | None) -> str:
     if not created:
         return "N/A"
     try:
+        from datetime import datetime
+
         when = datetime.fromisoformat(created.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return created

@@ -32,7 +32,6 @@ def command_line(config: ContainerConfig, command: list[str], entrypoint: str | 
 
 
 def run(args: dict[str, object], console: Console) -> int:
-    from ..cgroups import Limits, parse_size
     from ..namespace_sandbox import NamespaceSandbox
     from ..sandbox import ExecRequest
 
@@ -41,12 +40,7 @@ def run(args: dict[str, object], console: Console) -> int:
     network = str(args["network"])
     if network not in ("none", "host"):
         raise UsageError(f"--network {network}: only none and host are supported (no bridged networking yet)")
-    limits = Limits(
-        memory=parse_size(str(args["memory"])) if args["memory"] else None,
-        memory_swap=-1 if args["memory_swap"] == "-1" else parse_size(str(args["memory_swap"])) if args["memory_swap"] else None,
-        cpus=_positive(args["cpus"], "--cpus", float) if args["cpus"] else None,
-        pids=_positive(args["pids_limit"], "--pids-limit", int) if args["pids_limit"] else None,
-    )
+    limits = _limits(args)
     timeout = _positive(args["timeout"], "--timeout", float) if args["timeout"] else None
     binds = tuple(_volume(v) for v in args["volume"])  # type: ignore[attr-defined]
     store = open_store(args)
@@ -91,6 +85,20 @@ def run(args: dict[str, object], console: Console) -> int:
     if result.oom_killed or result.timed_out:
         console.warn(result.describe())
     return result.status
+
+
+def _limits(args: dict[str, object]) -> Limits | None:
+    if not any(args[k] for k in ("memory", "memory_swap", "cpus", "pids_limit")):
+        return None  # and builder.cgroups stays unimported
+    from ..cgroups import Limits, parse_size
+
+    swap = args["memory_swap"]
+    return Limits(
+        memory=parse_size(str(args["memory"])) if args["memory"] else None,
+        memory_swap=-1 if swap == "-1" else parse_size(str(swap)) if swap else None,
+        cpus=_positive(args["cpus"], "--cpus", float) if args["cpus"] else None,
+        pids=_positive(args["pids_limit"], "--pids-limit", int) if args["pids_limit"] else None,  # type: ignore[arg-type]
+    )
 
 
 def _positive(value: object, name: str, kind: type) -> float | int:
