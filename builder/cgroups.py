@@ -23,7 +23,9 @@ Vocabulary
                  (a container may see the host's `/docker/<id>` mounted as
                  its /sys/fs/cgroup/memory). See `detect_layout`.
     node         one directory this module creates: `<own cgroup>/<name>` in
-                 one hierarchy. v2 needs one node; v1 one per hierarchy used.
+                 one hierarchy (on v2 beside `pybuild-init` once pybuild runs
+                 in it; see Evacuation). v2 needs one node; v1 one per
+                 hierarchy used.
     join         a process moves itself into a node by writing "0" (meaning
                  "the writer") to the node's `cgroup.procs`.
     limits       `Limits`: the values asked for, in docker's terms.
@@ -47,27 +49,44 @@ Lifecycle
 While a `Cgroup` lives it holds an exclusive flock on each node directory.
 A builder killed with SIGKILL cannot destroy its nodes, but its locks die
 with it: `sweep_stale()` removes `pybuild-*` nodes that nobody locks and no
-process is in, and leaves alone those of running builds.
+process is in, and leaves alone those of running builds (and pybuild-init).
 
 Rules this module keeps
-    - It creates cgroups only as children of the calling process's own
-      cgroup (per hierarchy on v1), and never moves the calling process.
+    - It creates cgroups only as children of the cgroup the calling process
+      started in (per hierarchy on v1), and removes what it creates; the one
+      exception is `pybuild-init`, below.
     - cgroup v2 allows enabling controllers for children (`+memory` in
       `cgroup.subtree_control`) only in a cgroup without processes of its
       own, the root excepted ("no internal processes"). If the own cgroup
-      already enables what is needed, it is used. If not, and the own cgroup
-      has processes (pybuild itself is one), `create` raises
-      `InternalProcessConflict`: pybuild will not move itself elsewhere.
-      So on a v2-only host limits work when pybuild runs in the root cgroup
-      (exempt from the rule); in any other cgroup pybuild is itself an
-      internal process and `create` raises (or, for a user the cgroup is
-      not delegated to, warns).
+      already enables what is needed, it is used. Only controllers the own
+      cgroup's `cgroup.controllers` offers are enabled; a limit whose
+      controller is not offered is a warning. Where the kernel refuses with
+      EBUSY because the own cgroup has processes, see "Evacuation".
     - `Limits()` (nothing set) needs no cgroup: `create` then makes nothing,
       `join_fds()` is empty, `stats()` has only None and `destroy()` has
       nothing to do. The sandbox runs exactly as without this module.
     - With any limit set, on v1 the `memory` and `cpuacct` hierarchies are
       joined too when they are writable, so that `stats()` can count; no
       warning if they are not. On v2 `cpu.stat` counts in every cgroup.
+
+Evacuation (cgroup v2)
+    On a v2-only host pybuild usually starts in a cgroup with processes (a
+    session scope, a service, a CI job, a container's cgroupns root), where
+    the kernel refuses to enable controllers for children (EBUSY). Then, as
+    rootlesskit's `--evacuate-cgroup2` and docker-in-docker do, `create`
+    makes the leaf `<own>/pybuild-init`, moves every process of `<own>` into
+    it (pybuild too; in rounds, as processes may appear; one that exits
+    meanwhile is skipped), enables the controllers and makes `<own>/<name>`
+    as usual; `Cgroup.evacuated` is then that pybuild-init directory. If a
+    process cannot be moved, those moved go back and `create` raises
+    `InternalProcessConflict`. Afterwards /proc/self/cgroup names
+    `<own>/pybuild-init`; when the own cgroup is named so, nodes are made
+    beside it, in its parent (`Hierarchy.base`): still children of the cgroup
+    pybuild started in, never nested in pybuild-init. pybuild-init is kept
+    and reused, never removed (not by `destroy`, not by `sweep_stale`, even
+    empty): pybuild and the session live in it, the parent can no longer
+    take processes back, and an empty one may be about to receive another
+    pybuild's evacuation. No run may be named pybuild-init.
 
 Limits, as docker means them
     memory       bytes. v1 `memory.limit_in_bytes`; v2 `memory.max`.
@@ -104,7 +123,8 @@ Errors (CgroupError is builder.errors's, a SandboxError; re-exported here)
 
     CgroupError                        a cgroup operation failed; one line for the user
     ├── InvalidLimit (ValueError)      a size or limit that makes no sense ("12x", cpus=0)
-    └── InternalProcessConflict        v2 cannot enable a controller where pybuild runs
+    └── InternalProcessConflict        v2 cannot enable a controller where pybuild runs, nor
+                                       move the processes there into pybuild-init
 """
 
 from __future__ import annotations
@@ -147,6 +167,8 @@ PERIOD_US = 100_000  # the CFS period pybuild sets; docker's default too
 MIN_QUOTA_US = 1_000  # the kernel refuses quotas below 1 ms
 KILL_TIMEOUT = 2.0  # seconds destroy() waits for killed processes to leave
 MAX_BYTES = 2**63 - 1
+INIT_NAME = "pybuild-init"  # the v2 leaf the own cgroup's processes are moved into (see Evacuation)
+EVACUATION_ROUNDS = 8  # times the processes of the own cgroup are listed and moved before giving up
 
 
 class InvalidLimit(CgroupError, ValueError):
@@ -154,7 +176,7 @@ class InvalidLimit(CgroupError, ValueError):
 
 
 class InternalProcessConflict(CgroupError):
-    """cgroup v2 forbids enabling the controllers in the own cgroup while processes live in it."""
+    """cgroup v2 forbids enabling the controllers in the own cgroup while processes live in it, and they cannot be moved."""
 
 
 # ---------------------------------------------------------------------------
@@ -209,11 +231,23 @@ class Hierarchy:
     """One cgroup hierarchy as this process sees it, and where its own cgroup is in it."""
 
     version: int  # 1 or 2
-    controllers: frozenset[str]  # v1: bound to this tree; v2: listed in the own cgroup's cgroup.controllers
+    controllers: frozenset[str]  # v1: bound to this tree; v2: listed in the base's cgroup.controllers
     cgroup: str  # the own cgroup as /proc/self/cgroup names it: "/", "/user.slice/...", "/../x"
     mountpoint: Path | None  # a mount of this hierarchy, None if none is mounted
     own: Path | None  # the own cgroup's directory; None when no mount shows it (see problem)
     problem: str | None = None  # why own is None, as a phrase for warnings
+
+    @property
+    def base(self) -> Path | None:
+        """The directory nodes are made in: the own cgroup, or on v2 its parent when it is `pybuild-init`.
+
+        After an evacuation this process lives in `<started in>/pybuild-init`;
+        nodes go beside it, into the cgroup it started in, never inside it.
+        """
+        own = self.own
+        if own is not None and self.version == 2 and own.name == INIT_NAME and own != self.mountpoint:
+            return own.parent
+        return own
 
 
 @dataclass(frozen=True, slots=True)
@@ -305,12 +339,14 @@ def detect_layout(mountinfo: str | None = None, proc_cgroup: str | None = None) 
             candidates = [m for m in mounts if m.fstype == "cgroup" and controllers <= m.options]
             version = 1
         mountpoint, own, problem = _locate(path, candidates)
-        if version == 2 and own is not None:
-            try:
-                controllers = frozenset((own / "cgroup.controllers").read_text().split())
+        hierarchy = Hierarchy(version, controllers, path, mountpoint, own, problem)
+        if version == 2 and hierarchy.base is not None:
+            try:  # what the cgroup nodes are made in offers them
+                controllers = frozenset((hierarchy.base / "cgroup.controllers").read_text().split())
+                hierarchy = Hierarchy(version, controllers, path, mountpoint, own, problem)
             except OSError:
                 pass
-        hierarchies.append(Hierarchy(version, controllers, path, mountpoint, own, problem))
+        hierarchies.append(hierarchy)
     return Layout(tuple(hierarchies))
 
 
@@ -369,11 +405,20 @@ class _Node:
 class Cgroup:
     """The cgroup(s) of one sandboxed run: create, join from the child, observe, destroy."""
 
-    def __init__(self, name: str, limits: Limits, nodes: tuple[_Node, ...], warnings: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        name: str,
+        limits: Limits,
+        nodes: tuple[_Node, ...],
+        warnings: tuple[str, ...],
+        evacuated: Path | None = None,
+    ) -> None:
         """Use `Cgroup.create`."""
         self.name = name
         self.limits = limits
         self.warnings = warnings  # one line each: a limit that is not applied, and why
+        # the pybuild-init cgroup this create moved the own cgroup's processes (pybuild's too) into, else None
+        self.evacuated = evacuated
         # controller -> its node's directory, e.g. {"memory": Path(".../memory/<own>/pybuild-1")}
         self.paths: Mapping[str, Path] = MappingProxyType({c: n.path for n in nodes for c in n.controllers})
         self._nodes = list(nodes)  # nodes still to remove
@@ -389,9 +434,13 @@ class Cgroup:
         that `sweep_stale` finds it. Raises CgroupError when a node exists
         already or the kernel refuses a value, InternalProcessConflict as
         described above; a limit this host cannot apply is a warning instead.
+        On v2 this may move the processes of the own cgroup, this one's too,
+        into `pybuild-init` (see Evacuation; `.evacuated` says so).
         """
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,200}", name) or name.startswith("cgroup."):
             raise ValueError(f"cgroup name {name!r}: use letters, digits and ._- (for example pybuild-<run id>)")
+        if name == INIT_NAME:
+            raise ValueError(f"cgroup name {name!r} is reserved: pybuild's processes are moved there on cgroup v2")
         if limits.empty():
             return cls(name, limits, (), ())
         layout = layout or detect_layout()
@@ -411,17 +460,28 @@ class Cgroup:
             hierarchy = layout.find(controller)
             if hierarchy and hierarchy.version == 1 and hierarchy.own is not None:
                 plan.setdefault(hierarchy, set())
+        return cls._build(name, limits, plan, warnings)
+
+    @classmethod
+    def _build(cls, name: str, limits: Limits, plan: Mapping[Hierarchy, set[str]], warnings: list[str]) -> Cgroup:
+        """Make a node per planned hierarchy, enabling (v2) and limiting the controllers planned for it.
+
+        `create` plans memory, cpu and pids; the tests plan whatever
+        controller their v2 tree offers, to run the v2 mechanics for real.
+        """
         nodes: list[_Node] = []
+        evacuated = None
         try:
             for hierarchy, wanted in plan.items():
-                node = _make_node(hierarchy, name, wanted, warnings)
+                node, moved_to = _make_node(hierarchy, name, wanted, warnings)
+                evacuated = evacuated or moved_to
                 if node is not None:
                     nodes.append(node)
                     _apply(node, wanted, limits, warnings)
         except BaseException:
             Cgroup(name, limits, tuple(nodes), ())._remove_quietly()
             raise
-        return cls(name, limits, tuple(nodes), tuple(warnings))
+        return cls(name, limits, tuple(nodes), tuple(warnings), evacuated)
 
     def join_fds(self) -> tuple[int, ...]:
         """Open (once) and return a write fd of each node's `cgroup.procs`; close-on-exec.
@@ -497,7 +557,8 @@ class Cgroup:
         self.destroy()
 
     def __repr__(self) -> str:
-        return f"Cgroup({self.name!r}, {', '.join(str(n.path) for n in self._all) or 'no nodes'})"
+        moved = f", evacuated to {self.evacuated}" if self.evacuated else ""
+        return f"Cgroup({self.name!r}, {', '.join(str(n.path) for n in self._all) or 'no nodes'}{moved})"
 
     def _remove_quietly(self) -> None:
         try:
@@ -533,19 +594,25 @@ class Cgroup:
 
 
 def sweep_stale(prefix: str = "pybuild-", *, layout: Layout | None = None) -> list[str]:
-    """Remove children of the own cgroup(s) named `prefix*` that no live Cgroup holds and no process is in.
+    """Remove nodes named `prefix*` that no live Cgroup holds and no process is in.
 
     They are what a builder killed with SIGKILL leaves behind. Returns the
     directories removed. A node of a running build (its flock is held) or
-    with processes still in it is left alone.
+    with processes still in it is left alone. It looks where `create` makes
+    nodes (`Hierarchy.base`: after an evacuation, beside pybuild-init) and
+    never removes `pybuild-init`, even empty (see Evacuation).
     """
     if not prefix:
         raise ValueError("sweep_stale needs a prefix: it must not remove every child cgroup")
     layout = layout or detect_layout()
     removed = []
-    for own in dict.fromkeys(h.own for h in layout.hierarchies if h.own is not None):
+    for base in dict.fromkeys(h.base for h in layout.hierarchies if h.base is not None):
         try:
-            entries = [e for e in os.scandir(own) if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False)]
+            entries = [
+                e
+                for e in os.scandir(base)
+                if e.name.startswith(prefix) and e.name != INIT_NAME and e.is_dir(follow_symlinks=False)
+            ]
         except OSError:
             continue
         for entry in entries:
@@ -574,19 +641,24 @@ def _not_applied(controller: str, why: str) -> str:
     return f"{controller} limit not applied: {why}; running without it"
 
 
-def _make_node(hierarchy: Hierarchy, name: str, wanted: set[str], warnings: list[str]) -> _Node | None:
-    """mkdir and lock `<own>/<name>`; on v2 first make sure the own cgroup enables `wanted` for children.
+def _make_node(
+    hierarchy: Hierarchy, name: str, wanted: set[str], warnings: list[str]
+) -> tuple[_Node | None, Path | None]:
+    """mkdir and lock `<base>/<name>`; on v2 first make sure the base enables `wanted` for children.
 
-    Returns None (with a warning per wanted controller) when this process may
-    not create it; `wanted` loses the controllers v2 cannot enable.
+    Returns the node, or None (with a warning per wanted controller) when
+    this process may not create it; `wanted` loses the controllers v2
+    cannot enable. Second: the pybuild-init cgroup when processes were
+    moved there to enable them (v2), else None.
     """
-    own = hierarchy.own
-    assert own is not None
+    base = hierarchy.base
+    assert base is not None
+    evacuated = None
     if hierarchy.version == 2:
-        _enable_v2(own, wanted, warnings)
+        evacuated = _enable_v2(base, wanted, warnings)
         if not wanted:
-            return None
-    path = own / name
+            return None, evacuated
+    path = base / name
     try:
         path.mkdir()
     except FileExistsError:
@@ -598,7 +670,7 @@ def _make_node(hierarchy: Hierarchy, name: str, wanted: set[str], warnings: list
         if error.errno not in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
             raise CgroupError(f"cannot create cgroup {path}: {error.strerror}") from error
         warnings.extend(_not_applied(c, f"cannot create {path} ({error.strerror.lower()})") for c in sorted(wanted))
-        return None
+        return None, evacuated
     lock = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     fcntl.flock(lock, fcntl.LOCK_EX)
     # The node is fresh and this process is the only one that knows it is ours
@@ -607,44 +679,159 @@ def _make_node(hierarchy: Hierarchy, name: str, wanted: set[str], warnings: list
         os.close(lock)
         raise CgroupError(f"cgroup {path} was removed while it was being created")
     controllers = frozenset(wanted) if hierarchy.version == 2 else hierarchy.controllers
-    return _Node(path, hierarchy.version, controllers, lock)
+    return _Node(path, hierarchy.version, controllers, lock), evacuated
 
 
-def _enable_v2(own: Path, wanted: set[str], warnings: list[str]) -> None:
-    """Have `own/cgroup.subtree_control` list `wanted`, or explain why not."""
-    enabled = set((own / "cgroup.subtree_control").read_text().split())
-    missing = sorted(wanted - enabled)
+def _enable_v2(base: Path, wanted: set[str], warnings: list[str]) -> Path | None:
+    """Have `base/cgroup.subtree_control` list `wanted`, or explain why not.
+
+    Enables only what `base/cgroup.controllers` offers; the rest, and all
+    when the file is not writable, become warnings and leave `wanted`. When
+    the kernel refuses because `base` has processes, they are moved into
+    `base/pybuild-init` first (see Evacuation), and that directory is
+    returned; else None. Raises InternalProcessConflict when they cannot be
+    moved, after moving back those that were.
+    """
+    control = base / "cgroup.subtree_control"
+    missing = sorted(wanted - set(control.read_text().split()))
     if not missing:
-        return
-    if not os.access(own / "cgroup.subtree_control", os.W_OK):  # not delegated to this user
-        why = f"cannot enable it in {own}/cgroup.subtree_control (permission denied)"
+        return None
+    offered = set(_read_text(base / "cgroup.controllers").split())
+    if absent := [c for c in missing if c not in offered]:
+        why = f"{base} does not offer it to children (not in its cgroup.controllers)"
+        warnings.extend(_not_applied(c, why) for c in absent)
+        wanted.difference_update(absent)
+        missing = [c for c in missing if c in offered]
+        if not missing:
+            return None
+    if not os.access(control, os.W_OK):  # not delegated to this user
+        why = f"cannot enable it in {control} (permission denied)"
         warnings.extend(_not_applied(c, why) for c in missing)
         wanted.difference_update(missing)
-        return
-    is_root = not (own / "cgroup.type").exists()  # the root cgroup has no cgroup.type
-    if not is_root:
-        processes = _pids(own)
-        if processes:
-            raise InternalProcessConflict(
-                f"cannot enable the {', '.join(missing)} controller{'s' if len(missing) > 1 else ''} for"
-                f" pybuild's cgroups: cgroup v2 allows that only in a cgroup without processes, and pybuild's"
-                f" own cgroup {own} holds {len(processes)}; pybuild does not move itself, so run it from the"
-                " root cgroup or build without resource limits"
-            )
+        return None
+    what = f"the {', '.join(missing)} controller{'s' if len(missing) > 1 else ''}"
+    evacuation = _Evacuation(base, what)
+    enabled = False
     try:
-        (own / "cgroup.subtree_control").write_text(" ".join(f"+{c}" for c in missing))
-    except OSError as error:
-        if error.errno == errno.EBUSY:
-            raise InternalProcessConflict(
-                f"cannot enable {', '.join(missing)} in {own}/cgroup.subtree_control: it has processes or is"
-                " threaded (cgroup v2's no-internal-processes rule); build without resource limits"
-            ) from error
-        if error.errno == errno.ENOENT:  # what the kernel says for a controller the parent does not offer
-            why = f"{own} does not offer it to children (not in its cgroup.controllers)"
-        else:
-            why = f"cannot enable it in {own}/cgroup.subtree_control ({error.strerror.lower()})"
-        warnings.extend(_not_applied(c, why) for c in missing)
-        wanted.difference_update(missing)
+        for rounds in range(EVACUATION_ROUNDS + 1):
+            try:
+                control.write_text(" ".join(f"+{c}" for c in missing))
+                enabled = True
+                return evacuation.init if evacuation.moved else None
+            except OSError as error:
+                if error.errno != errno.EBUSY:
+                    if error.errno == errno.ENOENT:  # offered a moment ago: the parent took it back
+                        why = f"{base} does not offer it to children (not in its cgroup.controllers)"
+                    else:
+                        why = f"cannot enable it in {control} ({error.strerror.lower()})"
+                    warnings.extend(_not_applied(c, why) for c in missing)
+                    wanted.difference_update(missing)
+                    return None
+            if rounds == EVACUATION_ROUNDS:
+                raise evacuation.conflict(
+                    f"processes keep appearing in it faster than pybuild moves them into {evacuation.init}"
+                )
+            evacuation.move_all()  # EBUSY: processes in base (or a cgroup v2 cannot do this in)
+        return None  # not reached: the last round raises
+    finally:
+        if not enabled or not evacuation.moved:  # the latter: every process exited meanwhile
+            evacuation.undo()
+
+
+class _Evacuation:
+    """Moving the processes of a v2 cgroup into its `pybuild-init` child, and back if that cannot be finished."""
+
+    def __init__(self, base: Path, what: str) -> None:
+        self.base = base
+        self.init = base / INIT_NAME
+        self.what = what  # "the memory, pids controllers", for messages
+        self.ready = False  # pybuild-init exists
+        self.made = False  # whether this process created pybuild-init
+        self.moved: set[int] = set()
+        self.there_before: set[int] = set()  # processes that were in pybuild-init already
+
+    def conflict(self, why: str) -> InternalProcessConflict:
+        return InternalProcessConflict(
+            f"cannot enable {self.what} in {self.base}/cgroup.subtree_control for pybuild's cgroups: cgroup v2"
+            f" allows that only in a cgroup without processes, and {why}; build without resource limits"
+        )
+
+    def move_all(self) -> None:
+        """One round: move every process listed in base into pybuild-init; raise the conflict if one cannot go."""
+        processes = _pids(self.base)
+        if not processes:
+            raise self.conflict("the kernel refuses though it lists none (a threaded cgroup?)")
+        kind = _read_text(self.base / "cgroup.type").strip()
+        if kind != "domain":
+            raise self.conflict(f"it is a {kind or 'root'} cgroup: moving its processes into a child would not help")
+        if 0 in processes:  # cgroup.procs shows processes of a pid namespace above ours as 0
+            raise self.conflict("it holds processes of another pid namespace, which pybuild cannot move")
+        if not self.ready:
+            try:
+                self.init.mkdir()
+                self.made = True
+            except FileExistsError:  # an earlier evacuation's: reuse it
+                self.there_before = set(_pids(self.init))
+            except OSError as error:
+                raise self.conflict(
+                    f"it holds {len(processes)} process{'es' if len(processes) > 1 else ''} that pybuild cannot"
+                    f" move: cannot create {self.init} ({error.strerror.lower()})"
+                ) from error
+            self.ready = True
+        try:
+            fd = os.open(self.init / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError as error:
+            raise self.conflict(f"pybuild cannot open {self.init}/cgroup.procs ({error.strerror.lower()})") from error
+        try:
+            for pid in processes:
+                try:
+                    _move(fd, pid)
+                except ProcessLookupError:  # exited meanwhile
+                    continue
+                except OSError as error:
+                    raise self.conflict(
+                        f"process {pid} cannot be moved from it into {self.init} ({error.strerror.lower()})"
+                    ) from error
+                self.moved.add(pid)
+        finally:
+            os.close(fd)
+
+    def undo(self) -> None:
+        """Best effort: move back what this evacuation moved (and their children), remove pybuild-init if made."""
+        if not self.moved:
+            if self.made:
+                _rmdir_quietly(self.init)
+            return
+        try:
+            fd = os.open(self.base / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            for _ in range(EVACUATION_ROUNDS):
+                back = [pid for pid in _pids(self.init) if pid not in self.there_before]
+                if not back:
+                    break
+                for pid in back:
+                    try:
+                        _move(fd, pid)
+                    except OSError:
+                        pass
+        finally:
+            os.close(fd)
+        if self.made:
+            _rmdir_quietly(self.init)
+
+
+def _move(fd: int, pid: int) -> None:
+    """Move process `pid` into the cgroup whose `cgroup.procs` is open as `fd`."""
+    os.write(fd, b"%d" % pid)
+
+
+def _rmdir_quietly(path: Path) -> None:
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def _apply(node: _Node, wanted: set[str], limits: Limits, warnings: list[str]) -> None:

@@ -2,10 +2,17 @@
 
 Tests that create cgroups need root and skip without it. Where this host's
 cgroup v2 layout cannot give limits at all (pybuild runs in a non-root v2
-cgroup that does not enable the controllers for children), they skip and
-quote the error; under CI=true that is a failure, as for other missing
-prerequisites. Processes join the way the sandbox joins: fork, write b"0" to
-every join fd, exec (Popen's preexec_fn runs between fork and exec).
+cgroup that does not enable the controllers for children, and its processes
+cannot be moved into pybuild-init), they skip and quote the error; under
+CI=true that is a failure, as for other missing prerequisites. Processes
+join the way the sandbox joins: fork, write b"0" to every join fd, exec
+(Popen's preexec_fn runs between fork and exec).
+
+The v2 evacuation runs for real in a scratch tree: `fake_own` makes
+`<this process's v2 cgroup>/pybuild-test-*/own`, offering one controller the
+host has on v2 (hugetlb on a hybrid host, where memory, cpu and pids are v1),
+as the own cgroup of a pybuild that a layout from `detect_layout(mountinfo,
+proc_cgroup)` says runs there; sleepers stand in for the session's processes.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from pathlib import Path
 
 import pytest
 
+from builder import cgroups
 from builder.cgroups import (
+    INIT_NAME,
     Cgroup,
     CgroupError,
     Hierarchy,
@@ -34,8 +43,10 @@ from builder.cgroups import (
     Stats,
     _kill,
     _Node,
+    _pids,
     _remove_tree,
     _set_memory_v1,
+    _tree,
     detect_layout,
     parse_size,
     sweep_stale,
@@ -562,30 +573,283 @@ def _v2_layout(own: Path, controllers: set[str]) -> Layout:
     return Layout((Hierarchy(2, frozenset(controllers), "/" + own.name, own.parent, own),))
 
 
-def test_v2_no_internal_processes(v2_cgroup: Path) -> None:
-    """Enabling a controller where processes live is refused with one line, and nobody is moved."""
+def test_v2_controller_not_offered_is_a_warning(v2_cgroup: Path) -> None:
+    """A limit whose controller the own cgroup does not offer is a warning; its processes are not moved for it."""
+    if "pids" in (v2_cgroup / "cgroup.controllers").read_text().split():
+        pytest.skip("this host's v2 tree offers pids to a new cgroup: nothing to refuse")
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
         (v2_cgroup / "cgroup.procs").write_text(str(sleeper.pid))
-        before = Path("/proc/self/cgroup").read_text()
-        with pytest.raises(InternalProcessConflict) as caught:
-            Cgroup.create(_name(), Limits(pids=5), layout=_v2_layout(v2_cgroup, {"pids"}))
-        message = str(caught.value)
-        assert "\n" not in message and str(v2_cgroup) in message and "pids controller" in message
-        assert not [p for p in v2_cgroup.iterdir() if p.is_dir()]
-        assert Path("/proc/self/cgroup").read_text() == before
-        assert (v2_cgroup / "cgroup.procs").read_text().split() == [str(sleeper.pid)]
+        cgroup = Cgroup.create(_name(), Limits(pids=5), layout=_v2_layout(v2_cgroup, {"pids"}))
+        assert dict(cgroup.paths) == {} and cgroup.join_fds() == () and cgroup.evacuated is None
+        assert len(cgroup.warnings) == 1
+        assert cgroup.warnings[0].startswith("pids limit not applied: ") and "cgroup.controllers" in cgroup.warnings[0]
+        assert not [p for p in v2_cgroup.iterdir() if p.is_dir()]  # no pybuild-init either
+        assert procs(v2_cgroup) == {sleeper.pid}
+        cgroup.destroy()
     finally:
         sleeper.kill()
         sleeper.wait()
 
 
-def test_v2_controller_not_offered_is_a_warning(v2_cgroup: Path) -> None:
-    if "pids" in (v2_cgroup / "cgroup.controllers").read_text().split():
-        pytest.skip("this host's v2 tree offers pids to a new cgroup: nothing to refuse")
-    cgroup = Cgroup.create(_name(), Limits(pids=5), layout=_v2_layout(v2_cgroup, {"pids"}))
-    assert dict(cgroup.paths) == {} and cgroup.join_fds() == ()
-    assert len(cgroup.warnings) == 1
-    assert cgroup.warnings[0].startswith("pids limit not applied: ") and "cgroup.controllers" in cgroup.warnings[0]
-    assert not [p for p in v2_cgroup.iterdir() if p.is_dir()]
-    cgroup.destroy()
+# ---------------------------------------------------------------------------
+# Evacuation (cgroup v2)
+
+
+def test_layout_base_beside_pybuild_init() -> None:
+    """Once pybuild runs in <own>/pybuild-init, nodes go to <own>; a namespace root named so is used itself."""
+    mountinfo = "35 24 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"
+    scope = "/user.slice/user-0.slice/session-1.scope"
+    before = detect_layout(mountinfo, f"0::{scope}\n").unified
+    assert before.base == before.own == Path("/sys/fs/cgroup" + scope)
+    after = detect_layout(mountinfo, f"0::{scope}/{INIT_NAME}\n").unified
+    assert after.own == Path(f"/sys/fs/cgroup{scope}/{INIT_NAME}") and after.base == before.own
+    container = f"35 24 0:30 /{INIT_NAME} /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n"  # cgroupns root
+    inside = detect_layout(container, f"0::/{INIT_NAME}\n").unified
+    assert inside.own == inside.base == Path("/sys/fs/cgroup")
+    v1 = detect_layout("32 31 0:29 / /c rw - cgroup cgroup rw,pids\n", f"4:pids:/{INIT_NAME}\n").find("pids")
+    assert v1.base == v1.own == Path(f"/c/{INIT_NAME}")
+
+
+def test_pybuild_init_is_not_a_run_name() -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        Cgroup.create(INIT_NAME, Limits(pids=1))
+
+
+_SPARE = ("hugetlb", "misc", "rdma", "pids")  # controllers a scratch tree can take without disturbing much
+
+
+@pytest.fixture
+def fake_own():
+    """(own, controller): a scratch `<base>/pybuild-test-*/own` v2 cgroup offering `controller`, not enabled.
+
+    `<base>` is this process's v2 cgroup (or, after an evacuation, the one it
+    started in), whose `cgroup.subtree_control` gets `controller` if it lacks
+    it, and loses it again afterwards. Whatever runs in the scratch tree at
+    the end is killed, and the tree removed.
+    """
+    if os.geteuid() != 0:
+        pytest.skip("needs root: creates cgroups and moves processes between them")
+    unified = detect_layout().unified
+    if unified is None or unified.base is None:
+        pytest.skip("no cgroup v2 hierarchy with a visible own cgroup on this host")
+    top = unified.base
+    offered = (top / "cgroup.controllers").read_text().split()
+    if not offered:
+        pytest.skip(f"{top} offers no cgroup v2 controller to children: nothing to enable")
+    controller = next((c for c in _SPARE if c in offered), min(offered))
+    enabled_by_us = False
+    if controller not in (top / "cgroup.subtree_control").read_text().split():
+        try:
+            (top / "cgroup.subtree_control").write_text(f"+{controller}")
+        except OSError as error:
+            pytest.skip(f"cannot enable {controller} in {top} for a scratch tree: {error.strerror}")
+        enabled_by_us = True
+    scratch = top / _name()
+    try:
+        scratch.mkdir()
+        (scratch / "cgroup.subtree_control").write_text(f"+{controller}")
+        own = scratch / "own"
+        own.mkdir()
+        assert controller in (own / "cgroup.controllers").read_text().split()
+        assert (own / "cgroup.subtree_control").read_text().split() == []
+        yield own, controller
+    finally:
+        assert os.getpid() not in {pid for d in _tree(scratch) for pid in _pids(d)}
+        if scratch.exists():
+            _kill(scratch, 2, time.monotonic() + 2)
+            _remove_tree(scratch, time.monotonic() + 2)
+        if enabled_by_us:
+            try:
+                (top / "cgroup.subtree_control").write_text(f"-{controller}")
+            except OSError:
+                pass  # something else took it up meanwhile; leave it on
+    assert not scratch.exists()
+
+
+def sleepers(where: Path, count: int) -> list[subprocess.Popen[bytes]]:
+    """`count` sleeping processes in the cgroup `where`."""
+    made = [subprocess.Popen(["sleep", "60"]) for _ in range(count)]
+    for proc in made:
+        (where / "cgroup.procs").write_text(str(proc.pid))
+    return made
+
+
+def reap(made: list[subprocess.Popen[bytes]]) -> None:
+    for proc in made:
+        proc.kill()
+        proc.wait()
+
+
+def subtree_control(path: Path) -> list[str]:
+    return (path / "cgroup.subtree_control").read_text().split()
+
+
+def as_mounted(top: Path) -> str:
+    """A mountinfo with one cgroup2 mount showing the cgroup `top` as its root, as a container's cgroupns sees it."""
+    point = str(top).replace("\\", "\\134").replace(" ", "\\040").replace("\t", "\\011").replace("\n", "\\012")
+    return f"99 1 0:99 / {point} rw,relatime - cgroup2 cgroup2 rw\n"
+
+
+def test_v2_evacuation(fake_own: tuple[Path, str]) -> None:
+    """Processes of the own cgroup move into pybuild-init, the controller is enabled, nodes go beside it."""
+    own, controller = fake_own
+    mountinfo = as_mounted(own.parent.parent)
+    layout = detect_layout(mountinfo, f"0::/{own.parent.name}/own\n")
+    unified = layout.unified
+    assert unified.own == unified.base == own and controller in unified.controllers
+    init = own / INIT_NAME
+    others = sleepers(own, 2)
+    made: list[Cgroup] = []
+    try:
+        assert procs(own) == {p.pid for p in others}
+        first = Cgroup._build(_name(), Limits(), {unified: {controller}}, [])
+        made.append(first)
+        assert first.evacuated == init and first.warnings == ()
+        assert procs(init) == {p.pid for p in others} and procs(own) == set()
+        assert subtree_control(own) == [controller]
+        assert dict(first.paths) == {controller: own / first.name}
+        assert controller in (own / first.name / "cgroup.controllers").read_text().split()
+        joined = spawn(first, "import time\ntime.sleep(60)")
+        wait_for(lambda: procs(own / first.name) == {joined.pid})
+
+        # The layout pybuild sees afterwards: it runs in pybuild-init; nodes still go to own.
+        after = detect_layout(mountinfo, f"0::/{own.parent.name}/own/{INIT_NAME}\n").unified
+        assert after.own == init and after.base == own and controller in after.controllers
+        second = Cgroup._build(_name(), Limits(), {after: {controller}}, [])
+        made.append(second)
+        assert second.evacuated is None and dict(second.paths) == {controller: own / second.name}
+        third = Cgroup._build(_name(), Limits(), {unified: {controller}}, [])  # a layout read before: same
+        made.append(third)
+        assert third.evacuated is None and dict(third.paths) == {controller: own / third.name}
+        assert not [p for p in init.iterdir() if p.is_dir()]
+        assert procs(init) == {p.pid for p in others} and procs(own) == set()
+
+        # A leftover beside them is swept; live nodes are not, nor pybuild-init, even once empty.
+        stale = own / _name()
+        stale.mkdir()
+        reap(others)
+        wait_for(lambda: procs(init) == set())
+        assert sweep_stale(layout=Layout((after,))) == [str(stale)]
+        assert sweep_stale(layout=layout) == []
+        assert sweep_stale(prefix=INIT_NAME, layout=Layout((after,))) == []
+        assert init.is_dir() and all(p.is_dir() for c in made for p in c.paths.values())
+
+        for cgroup in made:
+            cgroup.destroy()
+        assert joined.wait(timeout=5) == -signal.SIGKILL
+        assert [p.name for p in own.iterdir() if p.is_dir()] == [INIT_NAME]
+    finally:
+        for cgroup in made:
+            cgroup.destroy()
+        reap(others)
+
+
+def test_v2_evacuation_skips_processes_that_exited(fake_own: tuple[Path, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A process listed in own that is gone when moved (ESRCH) is skipped; the others move."""
+    own, controller = fake_own
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    real_pids = cgroups._pids
+    monkeypatch.setattr(cgroups, "_pids", lambda path: [*real_pids(path), gone.pid] if path == own else real_pids(path))
+    others = sleepers(own, 1)
+    try:
+        layout = detect_layout(as_mounted(own.parent.parent), f"0::/{own.parent.name}/own\n")
+        cgroup = Cgroup._build(_name(), Limits(), {layout.unified: {controller}}, [])
+        assert cgroup.evacuated == own / INIT_NAME and procs(own / INIT_NAME) == {others[0].pid}
+        assert subtree_control(own) == [controller]
+        cgroup.destroy()
+    finally:
+        reap(others)
+
+
+FORKER = "while :; do sleep 0.01; done"  # a new process in its cgroup every 10 ms
+
+
+def test_v2_evacuation_moves_the_caller(fake_own: tuple[Path, str]) -> None:
+    """A pybuild that really runs in own: it moves itself, a sleeper and a busy forker, then builds beside itself."""
+    own, controller = fake_own
+    init = own / INIT_NAME
+    others = sleepers(own, 1)
+    others.append(subprocess.Popen(["sh", "-c", FORKER]))
+    (own / "cgroup.procs").write_text(str(others[-1].pid))
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            os.close(r)
+            (own / "cgroup.procs").write_text("0")
+            report: dict[str, object] = {}
+            try:
+                before = detect_layout().unified
+                first = Cgroup._build(_name(), Limits(), {before: {controller}}, [])
+                after = detect_layout().unified
+                second = Cgroup._build(_name(), Limits(), {after: {controller}}, [])
+                report = {
+                    "own": [str(before.own), str(after.own)],
+                    "base": str(after.base),
+                    "evacuated": [str(first.evacuated), str(second.evacuated)],
+                    "nodes": [str(first.paths[controller]), str(second.paths[controller])],
+                    "self": Path("/proc/self/cgroup").read_text(),
+                }
+                first.destroy()
+                second.destroy()
+                code = 0
+            except Exception as error:  # noqa: BLE001 - whatever fails, the parent reports it
+                report = {"error": repr(error)}
+            os.write(w, json.dumps(report).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as pipe:
+            report = json.loads(pipe.read())
+        assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, report
+        assert report["own"] == [str(own), str(init)] and report["base"] == str(own)
+        assert report["evacuated"] == [str(init), "None"]
+        assert [Path(p).parent for p in report["nodes"]] == [own, own]
+        assert report["self"].endswith(f"/own/{INIT_NAME}\n")
+        assert procs(own) == set() and {p.pid for p in others} <= procs(init)
+        assert subtree_control(own) == [controller]
+        assert [p.name for p in own.iterdir() if p.is_dir()] == [INIT_NAME]
+    finally:
+        reap(others)
+
+
+@pytest.mark.parametrize("reuse", [False, True], ids=["fresh", "reused"])
+def test_v2_evacuation_undone_when_a_process_cannot_move(
+    fake_own: tuple[Path, str], monkeypatch: pytest.MonkeyPatch, reuse: bool
+) -> None:
+    """One process the kernel will not move: the others go back, a pybuild-init made for it goes, one line."""
+    own, controller = fake_own
+    init = own / INIT_NAME
+    resident = []
+    if reuse:  # an earlier evacuation's pybuild-init, with its process
+        init.mkdir()
+        resident = sleepers(init, 1)
+    others = sleepers(own, 3)
+    try:
+        stuck = int((own / "cgroup.procs").read_text().split()[-1])  # the last listed: the others move first
+        real_move = cgroups._move
+
+        def move(fd: int, pid: int) -> None:
+            if pid == stuck:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+            real_move(fd, pid)
+
+        monkeypatch.setattr(cgroups, "_move", move)
+        layout = detect_layout(as_mounted(own.parent.parent), f"0::/{own.parent.name}/own\n")
+        with pytest.raises(InternalProcessConflict) as caught:
+            Cgroup._build(_name(), Limits(), {layout.unified: {controller}}, [])
+        message = str(caught.value)
+        assert "\n" not in message and str(own) in message and f"process {stuck} " in message
+        assert procs(own) == {p.pid for p in others}
+        assert subtree_control(own) == []
+        if reuse:
+            assert procs(init) == {p.pid for p in resident}
+            assert [p.name for p in own.iterdir() if p.is_dir()] == [INIT_NAME]
+        else:
+            assert not [p for p in own.iterdir() if p.is_dir()]
+    finally:
+        reap(others + resident)
