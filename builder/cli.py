@@ -21,6 +21,7 @@ __all__ = ["main"]
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_INTEGRITY = 3
+EXIT_ENVIRONMENT = 4
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
 
@@ -106,7 +107,7 @@ def _report(exc: BaseException, debug: bool) -> int:
     builder_errors = sys.modules.get("builder.errors")
     if builder_errors is not None and isinstance(exc, builder_errors.BuilderError):
         print(f"pybuild: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_ENVIRONMENT if isinstance(exc, builder_errors.SandboxError) else EXIT_USAGE
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         print(f"pybuild: error: {exc.strerror or exc}{where}", file=sys.stderr)

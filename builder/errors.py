@@ -1,8 +1,8 @@
 """Errors of the builder package, each with a one-line message for the user.
 
     BuilderError              anything pybuild cannot do for the user here
-    └── SandboxError          a sandbox that cannot be set up as asked (no user
-        │                     namespaces, no overlay, a bad USER or volume)
+    └── SandboxError          a sandbox that cannot be set up on this machine
+        │                     (no user namespaces, no overlay): exit status 4
         └── CgroupError       a cgroup that cannot be made or limited
 
 Recipe errors are grammar.RecipeError; store errors store.StoreError.

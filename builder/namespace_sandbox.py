@@ -61,6 +61,7 @@ __all__ = ["NamespaceSandbox", "default_state_root"]
 # Docker's default capability set.
 _DEFAULT_CAPS = sum(1 << c for c in (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31))
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+_DEVICE_NUMBERS = ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0))
 _MASKED = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sysrq-trigger", "/proc/latency_stats",
            "/proc/sched_debug", "/proc/acpi", "/proc/scsi")  # fmt: skip
 _READONLY = ("/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq")
@@ -182,7 +183,8 @@ class NamespaceSandbox:
 
                 cgroup = Cgroup.create(f"pybuild-{os.urandom(6).hex()}", request.limits)
                 warnings.extend(cgroup.warnings)
-            container = _Container(request, str(self._dir / "root"), etc, cgroup.join_fds() if cgroup else ())
+            joins = cgroup.join_fds() if cgroup else ()
+            container = _Container(request, str(self._dir / "root"), etc, joins, self.rootless)
             return self._run(container, cgroup, on_output, on_pty, forward_signals, warnings)
         finally:
             if cgroup is not None:
@@ -355,7 +357,7 @@ def _fork_rootless(container: _Container, report_w: int, life_r: int, life_w: in
 def _map_ids(pid: int) -> None:
     """Map root in the user namespace of `pid` to the caller, and a subordinate range beside it when allowed."""
     uid, gid = os.getuid(), os.getgid()
-    subuid, subgid = _subordinate("/etc/subuid", uid), _subordinate("/etc/subgid", gid)
+    subuid, subgid = _subordinate("/etc/subuid", uid), _subordinate("/etc/subgid", uid)  # both by user
     if subuid and subgid and shutil.which("newuidmap") and shutil.which("newgidmap"):
         import subprocess
 
@@ -374,6 +376,7 @@ def _map_ids(pid: int) -> None:
 
 
 def _subordinate(path: str, own: int) -> tuple[int, int] | None:
+    """The first range of `path` (/etc/subuid or /etc/subgid, both keyed by user) for user id `own`."""
     try:
         import pwd
 
@@ -393,7 +396,7 @@ def _subordinate(path: str, own: int) -> tuple[int, int] | None:
 
 def subordinate_ids_available() -> bool:
     """Whether this user gets a full id range (else a single id: files the command chowns keep the caller's)."""
-    return bool(_subordinate("/etc/subuid", os.getuid()) and _subordinate("/etc/subgid", os.getgid()))
+    return bool(_subordinate("/etc/subuid", os.getuid()) and _subordinate("/etc/subgid", os.getuid()))
 
 
 def _write_etc_files(where: Path, hostname: str, network: str) -> None:
@@ -420,8 +423,9 @@ def _read_host(path: str) -> bytes:
 class _Container:
     """What PID 1 does between fork and exec; every method runs in the child."""
 
-    def __init__(self, request: ExecRequest, root: str, etc: str, cgroup_fds: tuple[int, ...]) -> None:
+    def __init__(self, request: ExecRequest, root: str, etc: str, cgroup_fds: tuple[int, ...], rootless: bool) -> None:
         self.request = request
+        self.rootless = rootless
         self.root = root
         self.etc = etc
         self.cgroup_fds = cgroup_fds
@@ -458,11 +462,21 @@ class _Container:
         for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
             os.dup2(fd, target)
         # Host-side sources, taken before pivot_root hides the host.
-        devices = [linux.open_tree(f"/dev/{name}") for name in _DEVICES]
+        # Unprivileged, device nodes cannot be made: bind the host's.
+        devices = [linux.open_tree(f"/dev/{name}") for name in _DEVICES] if self.rootless else []
         etc = [linux.open_tree(os.path.join(self.etc, os.path.basename(p))) for p in _STUB_FILES]
         binds = [linux.open_tree(b.source, recursive=True) for b in request.binds]
         _mount_rootfs(request.rootfs, self.root)
         os.chdir(self.root)
+        # Before pivot_root: unprivileged, the kernel lets a user namespace mount
+        # proc and sysfs only while a full view of them is still in its mount table.
+        self._stub("/proc", directory=True)
+        _mount_here("proc", "proc", "proc", _NOEXEC_FLAGS)
+        self._stub("/sys", directory=True)
+        try:
+            _mount_here("sysfs", "sys", "sysfs", _NOEXEC_FLAGS | linux.MS_RDONLY)
+        except PermissionError:
+            pass  # unprivileged with the host's network: sysfs is the host's; /sys stays empty
         linux.pivot_root(".", ".")
         linux.umount(".", linux.MNT_DETACH)
         os.chdir("/")
@@ -482,14 +496,18 @@ class _Container:
             _loopback_up()
 
     def _proc_dev_sys(self, devices: list[int]) -> None:
-        self._stub("/proc", directory=True)
-        linux.mount("proc", "/proc", "proc", _NOEXEC_FLAGS)
         self._stub("/dev", directory=True)
         linux.mount("tmpfs", "/dev", "tmpfs", linux.MS_NOSUID, "mode=755,size=65536k")
-        for name, fd in zip(_DEVICES, devices):
-            os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
-            linux.move_mount(fd, f"/dev/{name}")
-            os.close(fd)
+        if devices:
+            for name, fd in zip(_DEVICES, devices):
+                os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+                linux.move_mount(fd, f"/dev/{name}")
+                os.close(fd)
+        else:
+            old = os.umask(0)
+            for name, (major, minor) in zip(_DEVICES, _DEVICE_NUMBERS):
+                os.mknod(f"/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+            os.umask(old)
         os.mkdir("/dev/pts", 0o755)
         options = "newinstance,ptmxmode=0666,mode=0620"
         try:
@@ -513,25 +531,25 @@ class _Container:
             with contextlib.suppress(FileNotFoundError):
                 linux.mount(path, path, None, linux.MS_BIND | linux.MS_REC)
                 linux.mount(None, path, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_REC)
-        self._stub("/sys", directory=True)
-        try:
-            linux.mount("sysfs", "/sys", "sysfs", _NOEXEC_FLAGS | linux.MS_RDONLY)
-        except PermissionError:
-            pass  # unprivileged with the host's network: sysfs belongs to the host's; leave /sys empty
 
     def _stub(self, path: str, *, directory: bool) -> None:
-        """Make sure the mount point `path` exists in the container, noting what was created for removal after."""
-        if os.path.lexists(path):
-            if os.path.islink(path):
+        """Make sure the mount point `path` exists in the container, noting what was created for removal after.
+
+        Paths are the container's, made relative to the cwd: the new root,
+        before and after pivot_root.
+        """
+        here = "." + path
+        if os.path.lexists(here):
+            if os.path.islink(here):
                 raise SandboxError(f"mount point {path} is a symbolic link in the image")
             return
         parent = os.path.dirname(path)
-        if parent != "/" and not os.path.lexists(parent):
+        if parent != "/" and not os.path.lexists("." + parent):
             self._stub(parent, directory=True)
         if directory:
-            os.mkdir(path, 0o755)
+            os.mkdir(here, 0o755)
         else:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644))
+            os.close(os.open(here, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644))
         self.stubs.append(path)
 
     def _exec(self) -> None:
@@ -565,9 +583,13 @@ class _Container:
             os.chdir(cwd)
         linux.drop_bounding_set(_DEFAULT_CAPS, linux.last_cap())
         if creds.uid != 0 or creds.gid != 0 or len(creds.groups) > 1:
-            os.setgroups(list(creds.groups))
-            os.setresgid(creds.gid, creds.gid, creds.gid)
-            os.setresuid(creds.uid, creds.uid, creds.uid)
+            try:
+                os.setgroups(list(creds.groups))
+                os.setresgid(creds.gid, creds.gid, creds.gid)
+                os.setresuid(creds.uid, creds.uid, creds.uid)
+            except OSError as exc:
+                unmapped = " (this user namespace maps only root: no range in /etc/subuid)" if self.rootless else ""
+                raise _ExecFailed(f"user {request.user}: cannot switch to it: {exc.strerror}{unmapped}", 125) from None
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)  # a change of ids clears it
         if creds.uid == 0:
             linux.capset(_DEFAULT_CAPS, _DEFAULT_CAPS, 0)
@@ -592,6 +614,15 @@ class _ExecFailed(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _mount_here(source: str, name: str, fstype: str, flags: int) -> None:
+    """Mount on directory `name` of the cwd without following a symbolic link there (the image's)."""
+    fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        linux.mount(source, f"/proc/self/fd/{fd}", fstype, flags)
+    finally:
+        os.close(fd)
 
 
 def _mount_rootfs(mounts: tuple[Mount, ...], target: str) -> None:

@@ -13,11 +13,12 @@ and the next sweep takes what a killed process left).
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from .errors import AlreadyExists, MalformedDocument
+from .errors import AlreadyExists, MalformedDocument, NotFound
 from .image import chain_id
 
 if TYPE_CHECKING:
@@ -79,7 +80,7 @@ def unpack_image(store: Store, image: Image) -> str | None:
             continue
         from .layer import apply_layer
 
-        snapshots.discard(chain)  # a record whose files are gone: rebuild it
+        snapshots.discard_damaged(chain)  # a record whose files are gone: rebuild it
         key = f"unpack-{os.urandom(8).hex()}"
         with store.metadata.lease() as lease:
             lease.add_snapshot(key)
@@ -87,9 +88,10 @@ def unpack_image(store: Store, image: Image) -> str | None:
             try:
                 apply_layer(store.content, layer, snapshots.upper_dir(key), diff_id=diff_id, whiteouts="overlay")
                 snapshots.commit(chain, key)
-            except AlreadyExists:
+            except AlreadyExists:  # another process committed it first: use theirs
                 snapshots.remove(key)
             except BaseException:
-                snapshots.remove(key)
+                with contextlib.suppress(NotFound):
+                    snapshots.remove(key)
                 raise
     return chain

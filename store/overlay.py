@@ -65,8 +65,10 @@ class OverlaySnapshotter:
     def commit(self, name: str, key: str) -> None:
         """Make active `key` the committed snapshot `name` (AlreadyExists when another commit won)."""
         with self._metadata.gc_lock(exclusive=False):
-            self._metadata.commit_snapshot(key, name)
+            self._metadata.commit_snapshot(key, name)  # AlreadyExists when the name is taken
             shutil.rmtree(self._dir(key) / "work", ignore_errors=True)
+            if os.path.lexists(self._dir(name)):
+                self._rmtree(self._dir(name))  # a leftover no record claims (a remove cut short)
             os.rename(self._dir(key), self._dir(name))
 
     def remove(self, key: str) -> None:
@@ -90,6 +92,22 @@ class OverlaySnapshotter:
         except NotFound:
             return False
         return info.kind is Kind.COMMITTED and os.path.isdir(self.upper_dir(name))
+
+    def discard_damaged(self, name: str) -> bool:
+        """Forget committed snapshot `name` if it is recorded but its files are gone (with what is stacked on it).
+
+        Checked again under the lock commits take, so a snapshot another
+        process has just committed is never mistaken for a damaged one.
+        """
+        with self._metadata.gc_lock(exclusive=True):
+            try:
+                self.stat(name)
+            except NotFound:
+                return False
+            if self.usable(name):
+                return False
+            self.discard(name)
+            return True
 
     def discard(self, name: str) -> None:
         """Forget committed snapshot `name` whose files are missing or damaged, and what was stacked on it."""
