@@ -13,7 +13,8 @@ def _commands() -> list[str]:
 
 def test_readme_has_exactly_two_setup_commands() -> None:
     install, tests = _commands()
-    assert "pip install ." in install and install.rstrip().endswith("pybuild parse fixtures/recipes/real/python-app.Dockerfile")
+    assert "pip install ." in install and "pybuild parse fixtures/recipes/real/python-app.Dockerfile" in install
+    assert install.rstrip().endswith("pybuild run busybox echo hello from a pybuild container")
     assert "pytest" in tests
 
 
