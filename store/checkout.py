@@ -18,17 +18,22 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .compression import Compression
+from .digest import Digest
 from .errors import AlreadyExists, MalformedDocument, NotFound
 from .image import chain_id
 
 if TYPE_CHECKING:
     from pathlib import Path
 
+    from .content import BlobLease
+    from .layer import Layer
+
     from .images import Image, Store
     from .metadata import Lease
     from .snapshots import Mount
 
-__all__ = ["Checkout", "checkout", "unpack_image"]
+__all__ = ["Checkout", "Committed", "checkout", "unpack_image"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,57 @@ class Checkout:
             self.store.snapshots.remove(self.key)
         finally:
             self.lease.release()
+
+    def commit(
+        self,
+        *,
+        compression: Compression | None = None,
+        source_date_epoch: int | None = None,
+        lease: BlobLease | None = None,
+    ) -> Committed:
+        """Turn what was written into a layer blob, and the snapshot into the committed one of the new stack.
+
+        Call it once every process that wrote is gone and the root is
+        unmounted (a sandbox run has returned). OverlayFS whiteouts and opaque
+        directories become OCI ones (store.tarwriter); the layer goes through
+        the store's layer writer; the snapshot is committed under the new
+        chainID (or, when another build committed that stack first, removed
+        in favour of theirs). The checkout's lease is released either way;
+        pass the caller's `lease` to keep the new blob from prune until an
+        image or cache record references it.
+        """
+        from .layer import write_layer
+
+        snapshots = self.store.snapshots
+        try:
+            layer = write_layer(
+                self.upper_dir,
+                self.store.content,
+                compression=compression or Compression.ZSTD,
+                source_date_epoch=source_date_epoch,
+                overlay_upper=self.parent is not None,
+                lease=lease,
+            )
+            chain = str(chain_id([Digest.parse(self.parent), layer.diff_id]) if self.parent else layer.diff_id)
+            try:
+                snapshots.commit(chain, self.key)
+            except AlreadyExists:
+                snapshots.remove(self.key)
+        except BaseException:
+            with contextlib.suppress(NotFound):
+                snapshots.remove(self.key)
+            raise
+        finally:
+            self.lease.release()
+        return Committed(layer, chain)
+
+
+@dataclass(frozen=True, slots=True)
+class Committed:
+    """What `Checkout.commit` made: the layer blob, and the chainID naming the stack with it on top."""
+
+    layer: Layer
+    chain_id: str
 
 
 def checkout(store: Store, image: Image, *, prefix: str = "checkout") -> Checkout:

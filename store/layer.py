@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .archive import DEFAULT_LIMITS, Limits, Whiteouts
 from .compression import Compression, compressor, decompressor
-from .content import ContentStore, Writer
+from .content import BlobLease, ContentStore, Writer
 from .descriptor import Descriptor
 from .digest import Digest, Digester
 from .durable import fsync_directory
@@ -46,12 +46,14 @@ def write_layer(
     compression: Compression = Compression.ZSTD,
     source_date_epoch: int | None = None,
     overlay_upper: bool = False,
+    lease: BlobLease | None = None,
 ) -> Layer:
     """Commit the tree under `root` as a layer blob; the same tree gives the same blob.
 
     mtimes are clamped to `source_date_epoch` when given. With
     `overlay_upper`, `root` is an OverlayFS upper directory whose whiteouts
-    become OCI ones (see store.tarwriter.write_tree).
+    become OCI ones (see store.tarwriter.write_tree). With `lease`, the blob is
+    leased before it is committed, so a concurrent prune cannot take it.
     """
     diff = Digester()
     with store.writer() as writer:
@@ -70,7 +72,7 @@ def write_layer(
 
                 size = write_tree(root, write, source_date_epoch=source_date_epoch, overlay_upper=overlay_upper)
         blob.flush()
-        info = writer.commit()
+        info = lease.commit(writer) if lease is not None else writer.commit()
     diff_id = info.digest if compression is Compression.NONE else diff.digest()
     return Layer(Descriptor(compression.layer_media_type, info.digest, info.size), diff_id, size)
 

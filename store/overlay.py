@@ -23,6 +23,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .durable import sync_filesystem
 from .errors import AlreadyExists, NotFound, StoreError
 from .snapshots import Kind, Mount, SnapshotInfo
 
@@ -63,7 +64,13 @@ class OverlaySnapshotter:
         return self._mounts(key, info.kind, info.parent)
 
     def commit(self, name: str, key: str) -> None:
-        """Make active `key` the committed snapshot `name` (AlreadyExists when another commit won)."""
+        """Make active `key` the committed snapshot `name` (AlreadyExists when another commit won).
+
+        Its files were written without fsync (by a layer unpack, or by a
+        container): they are written back first, so that a crash never leaves
+        a committed snapshot with torn files, which nothing would notice.
+        """
+        sync_filesystem(self.upper_dir(key))
         with self._metadata.gc_lock(exclusive=False):
             self._metadata.commit_snapshot(key, name)  # AlreadyExists when the name is taken
             shutil.rmtree(self._dir(key) / "work", ignore_errors=True)
