@@ -27,9 +27,8 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from .content import BlobLease
-    from .layer import Layer
-
     from .images import Image, Store
+    from .layer import Layer
     from .metadata import Lease
     from .snapshots import Mount
 

@@ -70,7 +70,8 @@ class OverlaySnapshotter:
         container): they are written back first, so that a crash never leaves
         a committed snapshot with torn files, which nothing would notice.
         """
-        sync_filesystem(self.upper_dir(key))
+        if self.stat(key).kind is Kind.ACTIVE:  # else NotFound, or the metadata's refusal below
+            sync_filesystem(self.upper_dir(key))
         with self._metadata.gc_lock(exclusive=False):
             self._metadata.commit_snapshot(key, name)  # AlreadyExists when the name is taken
             shutil.rmtree(self._dir(key) / "work", ignore_errors=True)

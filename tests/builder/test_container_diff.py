@@ -94,7 +94,7 @@ def describe_tree(root: Path) -> dict[str, tuple[str, ...]]:
             kind = {stat.S_IFREG: "file", stat.S_IFDIR: "directory", stat.S_IFLNK: "symbolic link"}[fmt]
             extra = ""
             if fmt == stat.S_IFREG:
-                extra = hashlib.md5(path.read_bytes()).hexdigest()  # noqa: S324 - as md5sum inside prints it
+                extra = hashlib.md5(path.read_bytes()).hexdigest()
             elif fmt == stat.S_IFLNK:
                 extra = os.readlink(path)
             size = "" if fmt == stat.S_IFDIR else str(st.st_size)
@@ -154,7 +154,7 @@ def test_a_containers_layer_reproduces_its_merged_view(store: Store, tmp_path: P
     TagStore(store.root).set(parse_reference("localhost/diff:test"), manifest_descriptor)
     bundle = tmp_path / "bundle"
     unpacked = subprocess.run(
-        ["umoci", "unpack", "--image", f"{store.root}:localhost/diff:test", str(bundle)], capture_output=True, text=True
+        ["umoci", "unpack", "--image", f"{store.root}:localhost/diff:test", str(bundle)], capture_output=True, text=True, check=False
     )
     assert unpacked.returncode == 0, unpacked.stderr
     assert describe_tree(bundle / "rootfs") == inside
