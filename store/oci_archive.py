@@ -26,6 +26,7 @@ from .errors import (
     MalformedDocument,
     NotFound,
     SizeMismatch,
+    StoreError,
 )
 from .image import (
     ImageConfig,
@@ -76,19 +77,23 @@ class BlobSource(Protocol):
 
 
 class StoreSource:
-    """A BlobSource over a content store: blobs missing from the store are NotFound."""
+    """A BlobSource over a content store (`where` names it in errors): blobs missing from it are NotFound."""
 
-    def __init__(self, store: ContentStore) -> None:
+    def __init__(self, store: ContentStore, *, where: str = "the store") -> None:
         self.store = store
+        self.where = where
+
+    def missing(self, what: str) -> StoreError:
+        return NotFound(f"{what}: not in {self.where}")
 
     def require(self, descriptor: Descriptor, what: str) -> None:
         try:
             size = self.store.info(descriptor.digest).size
         except NotFound:
-            raise NotFound(f"{what}: not in the store") from None
+            raise self.missing(what) from None
         if size != descriptor.size:
             raise SizeMismatch(
-                f"{what}: the store has {size} bytes, the descriptor says {descriptor.size}",
+                f"{what}: {self.where} has {size} bytes, the descriptor says {descriptor.size}",
                 expected=descriptor.size,
                 actual=size,
             )

@@ -23,7 +23,7 @@ from typing import Any, BinaryIO, Literal, Self
 
 from .archive import Limits, TarGuard
 from .compression import Compression, auto_decompressor
-from .content import BlobLease, copy_blob, read_blob, write_blob
+from .content import BlobLease, copy_blob, write_blob
 from .descriptor import MAX_BLOB_SIZE, Descriptor, MediaType
 from .digest import Digest
 from .docker_archive import read_docker, write_docker
@@ -36,13 +36,12 @@ from .errors import (
     LimitExceeded,
     MalformedDocument,
     NotFound,
-    SizeMismatch,
+    StoreError,
     UnsafeArchiveEntry,
     UnsupportedMediaType,
 )
 from .image import (
     MAX_MANIFEST_SIZE,
-    document_limit,
     load_json,
     parse_index,
 )
@@ -289,29 +288,20 @@ class _Staging:
             fsync_directory(directory)
 
 
-class _StagedSource:
+class _StagedSource(StoreSource):
     """A BlobSource over the staging store; `fetch` brings a blob in first (layout directories)."""
 
     def __init__(self, staging: _Staging, archive: str, fetch: Any = None) -> None:
-        self.content, self.archive, self.fetch = staging.content, archive, fetch
+        super().__init__(staging.content, where=archive)
+        self.fetch = fetch
+
+    def missing(self, what: str) -> StoreError:
+        return MalformedDocument(f"{what}: blob missing from {self.where}")
 
     def require(self, descriptor: Descriptor, what: str) -> None:
-        if self.fetch is not None and not self.content.exists(descriptor.digest):
+        if self.fetch is not None and not self.store.exists(descriptor.digest):
             self.fetch(descriptor, what)
-        try:
-            size = self.content.info(descriptor.digest).size
-        except NotFound:
-            raise MalformedDocument(f"{what}: blob missing from {self.archive}") from None
-        if size != descriptor.size:
-            raise SizeMismatch(
-                f"{what}: {self.archive} has {size} bytes, the descriptor says {descriptor.size}",
-                expected=descriptor.size,
-                actual=size,
-            )
-
-    def read(self, descriptor: Descriptor, what: str) -> bytes:
-        self.require(descriptor, what)
-        return read_blob(self.content, descriptor, limit=document_limit(descriptor.media_type))
+        super().require(descriptor, what)
 
 
 def _load_archive(
