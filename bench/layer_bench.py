@@ -110,57 +110,18 @@ def run(work: Path, runs: int, json_path: Path | None) -> int:
         sample("cp_fsync", timed_cp(one, work / "copy.bin", sync=True))
 
     med = {name: statistics.median(values) for name, values in samples.items()}
-    mbps = lambda size, seconds: size / seconds / 1e6
+    def row(label: str, mine: str, base: str, amount: float, unit: str, target: float | None = None) -> tuple:
+        """(measure, pybuild figure, baseline figure, unit, ratio, target): `amount` per second of each."""
+        scale = 1e6 if unit == "MB/s" else 1
+        return label, amount / med[mine] / scale, amount / med[base] / scale, unit, med[base] / med[mine], target
+
     rows = [
-        # (measure, pybuild figure, baseline figure, unit, ratio, target)
-        (
-            "(a) write_layer, 1 GiB tree",
-            mbps(big_bytes, med["write_layer_big"]),
-            mbps(big_bytes, med["limit"]),
-            "MB/s",
-            med["limit"] / med["write_layer_big"],
-            TARGET_WRITE,
-        ),
-        (
-            "    tar + diffID + zstd, no store",
-            mbps(big_bytes, med["tar_only"]),
-            mbps(big_bytes, med["limit"]),
-            "MB/s",
-            med["limit"] / med["tar_only"],
-            None,
-        ),
-        (
-            "    vs limit + store ingest, no tar",
-            mbps(big_bytes, med["write_layer_big"]),
-            mbps(big_bytes, med["limit_store"]),
-            "MB/s",
-            med["limit_store"] / med["write_layer_big"],
-            None,
-        ),
-        (
-            "(b) write_layer, 50k small files",
-            SMALL_FILES / med["write_layer_small"],
-            SMALL_FILES / med["tarfile_small"],
-            "files/s",
-            med["tarfile_small"] / med["write_layer_small"],
-            TARGET_SMALL,
-        ),
-        (
-            "(c) ingest 1 GiB vs cp",
-            mbps(INGEST_SIZE, med["ingest"]),
-            mbps(INGEST_SIZE, med["cp"]),
-            "MB/s",
-            med["cp"] / med["ingest"],
-            None,
-        ),
-        (
-            "    ingest vs cp + fsync",
-            mbps(INGEST_SIZE, med["ingest"]),
-            mbps(INGEST_SIZE, med["cp_fsync"]),
-            "MB/s",
-            med["cp_fsync"] / med["ingest"],
-            None,
-        ),
+        row("(a) write_layer, 1 GiB tree", "write_layer_big", "limit", big_bytes, "MB/s", TARGET_WRITE),
+        row("    tar + diffID + zstd, no store", "tar_only", "limit", big_bytes, "MB/s"),
+        row("    vs limit + store ingest, no tar", "write_layer_big", "limit_store", big_bytes, "MB/s"),
+        row("(b) write_layer, 50k small files", "write_layer_small", "tarfile_small", SMALL_FILES, "files/s", TARGET_SMALL),
+        row("(c) ingest 1 GiB vs cp", "ingest", "cp", INGEST_SIZE, "MB/s"),
+        row("    ingest vs cp + fsync", "ingest", "cp_fsync", INGEST_SIZE, "MB/s"),
     ]
     print_table(rows)
     print(
