@@ -25,13 +25,13 @@ are forgotten; committed ones are a cache (store.metadata) and stay.
 
 from __future__ import annotations
 
-import logging
 import shutil
 from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from .errors import NotFound
+from .log import lazy_logger
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = ["GcReport", "collect"]
 
-log = logging.getLogger(__name__)
+log = lazy_logger(__name__)
 
 BATCH = 256
 

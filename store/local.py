@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import io
-import logging
 import os
 import stat
 import time
@@ -26,6 +25,7 @@ from .descriptor import Descriptor
 from .digest import Digest, Digester
 from .durable import fsync_directory
 from .errors import DigestMismatch, IntegrityError, NotFound, SizeMismatch, StoreError
+from .log import lazy_logger
 from .verify import VerifiedReader
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalContentStore"]
 
-log = logging.getLogger(__name__)
+log = lazy_logger(__name__)
 
 INGEST_DIR = "ingest"
 PARTIAL_SUFFIX = ".partial"

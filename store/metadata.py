@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import logging
 import os
 import sqlite3
 import threading
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Self
 from .descriptor import Descriptor
 from .digest import Digest
 from .errors import AlreadyExists, NotFound, StoreError
+from .log import lazy_logger
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator, Mapping
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CacheRecord", "Lease", "LeaseInfo", "Metadata", "SnapshotRecord"]
 
-log = logging.getLogger(__name__)
+log = lazy_logger(__name__)
 
 DB_NAME = "pybuild.db"
 GC_LOCK = "gc.lock"

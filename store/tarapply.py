@@ -16,7 +16,6 @@ OverlayFS whiteout). OverlayFS xattrs are dropped on the way in.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import shutil
 import stat
@@ -38,6 +37,7 @@ from .archive import (
 from .entrynames import EntryNames
 from .errors import UnsafeArchiveEntry
 from .inroot import Resolver, is_symlink
+from .log import lazy_logger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Applied", "apply_tar"]
 
-log = logging.getLogger(__name__)
+log = lazy_logger(__name__)
 
 # --------------------------------------------------------------------------- applying
 

@@ -11,7 +11,6 @@ builds one entry's header with plain bytes formatting, for speed.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import stat
 import zlib
@@ -32,6 +31,7 @@ from .archive import (
     Limits,
 )
 from .errors import LimitExceeded, StoreError, UnsafeArchiveEntry
+from .log import lazy_logger
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = ["encode_header", "write_tree"]
 
-log = logging.getLogger(__name__)
+log = lazy_logger(__name__)
 
 # --------------------------------------------------------------------------- headers
 

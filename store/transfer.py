@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import logging
 import os
 import re
 import shutil
@@ -46,6 +45,7 @@ from .image import (
     parse_index,
 )
 from .local import STAGING_LOCK, LocalContentStore
+from .log import lazy_logger
 from .oci_archive import (
     MAX_MANIFESTS,
     DirOutput,
@@ -60,7 +60,7 @@ from .tags import CONTAINERD_NAME, REF_NAME, TagStore
 
 __all__ = ["ArchiveFormat", "LoadedImage", "load", "save"]
 
-log = logging.getLogger(__name__)
+log = lazy_logger(__name__)
 
 ArchiveFormat = Literal["oci", "oci-dir", "docker"]
 _SMALL_FILES = {
