@@ -19,6 +19,9 @@ __all__ = [
     "CLONE_NEWUSER",
     "CLONE_NEWUTS",
     "MNT_DETACH",
+    "MOUNT_ATTR_NODEV",
+    "MOUNT_ATTR_NOSUID",
+    "MOUNT_ATTR_RDONLY",
     "MS_BIND",
     "MS_NODEV",
     "MS_NOEXEC",
@@ -31,16 +34,16 @@ __all__ = [
     "capset",
     "cloexec_from",
     "drop_bounding_set",
-    "fs_mount",
+    "inet_socket",
     "last_cap",
     "mount",
+    "mount_setattr",
     "move_mount",
     "open_tree",
     "pivot_root",
     "prctl",
-    "setns",
     "sethostname",
-    "inet_socket",
+    "setns",
     "umount",
     "unshare",
 ]
@@ -68,10 +71,6 @@ _OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 _AT_RECURSIVE = 0x8000
 _AT_FDCWD = -100
 _MOVE_MOUNT_F_EMPTY_PATH = 4
-_FSCONFIG_SET_STRING = 1
-_FSCONFIG_CMD_CREATE = 6
-_FSOPEN_CLOEXEC = 1
-_FSMOUNT_CLOEXEC = 1
 
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
@@ -83,7 +82,12 @@ _syscall.restype = ctypes.c_long
 
 # The new mount API's numbers are the same on every architecture; pivot_root's is not.
 _SYS = {"pivot_root": {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, -1)}
-_SYS.update(open_tree=428, move_mount=429, fsopen=430, fsconfig=431, fsmount=432)
+_SYS.update(open_tree=428, move_mount=429, mount_setattr=442)
+
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+_AT_EMPTY_PATH = 0x1000
 
 
 def _check(result: int, what: str, path: str | None = None) -> int:
@@ -129,22 +133,17 @@ def move_mount(fd: int, target: str) -> None:
     _check(result, "move_mount", target)
 
 
-def fs_mount(fstype: str, options: list[tuple[str, str | None]], target: str) -> None:
-    """Mount with fsopen/fsconfig: each option on its own, so no page-size limit on their total length."""
-    fs = _check(_syscall(_SYS["fsopen"], _b(fstype), ctypes.c_uint(_FSOPEN_CLOEXEC)), f"fsopen {fstype}")
-    try:
-        for key, value in options:
-            kind = _FSCONFIG_SET_STRING if value is not None else 0  # 0: FSCONFIG_SET_FLAG
-            result = _syscall(_SYS["fsconfig"], fs, ctypes.c_uint(kind), _b(key), _b(value), 0)
-            _check(result, f"fsconfig {key}", value)
-        _check(_syscall(_SYS["fsconfig"], fs, ctypes.c_uint(_FSCONFIG_CMD_CREATE), None, None, 0), "fsconfig create")
-        mnt = _check(_syscall(_SYS["fsmount"], fs, ctypes.c_uint(_FSMOUNT_CLOEXEC), ctypes.c_uint(0)), "fsmount")
-        try:
-            move_mount(mnt, target)
-        finally:
-            os.close(mnt)
-    finally:
-        os.close(fs)
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]  # fmt: skip
+
+
+def mount_setattr(fd: int, attributes: int) -> None:
+    """Set MOUNT_ATTR_* on the (detached) mount `fd` and every mount below it; unlike a remount, it recurses."""
+    attr = _MountAttr(attributes, 0, 0, 0)
+    flags = ctypes.c_uint(_AT_EMPTY_PATH | _AT_RECURSIVE)
+    result = _syscall(_SYS["mount_setattr"], fd, b"", flags, ctypes.byref(attr), ctypes.c_size_t(ctypes.sizeof(attr)))
+    _check(result, "mount_setattr")
 
 
 def sethostname(name: str) -> None:

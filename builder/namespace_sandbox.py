@@ -48,24 +48,25 @@ from .sandbox import DEFAULT_PATH, ExecRequest, ExecResult
 from .users import UserError, resolve_user
 
 if TYPE_CHECKING:
+    import socket
     from collections.abc import Callable
 
-    import socket
+    from store.snapshots import Mount
 
     from .cgroups import Cgroup
-
-    from store.snapshots import Mount
 
 __all__ = ["NamespaceSandbox", "default_state_root"]
 
 # Docker's default capability set.
 _DEFAULT_CAPS = sum(1 << c for c in (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31))
 _DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-_DEVICE_NUMBERS = ((1, 3), (1, 5), (1, 7), (1, 8), (1, 9), (5, 0))
 _MASKED = ("/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sysrq-trigger", "/proc/latency_stats",
            "/proc/sched_debug", "/proc/acpi", "/proc/scsi")  # fmt: skip
 _READONLY = ("/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq")
 _STUB_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+_ETC_FILES = ("hosts", "hostname", "resolv.conf")
+_HOST_NAME_MAX = 64
+_CGROUPS_USED = ".cgroups-used"  # in the state root: sandboxes here made cgroups, so sweep them at start
 _PAGE = 4096
 _OPAQUE = frozenset({"trusted.overlay.opaque", "user.overlay.opaque"})
 _NOEXEC_FLAGS = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
@@ -95,7 +96,6 @@ class NamespaceSandbox:
         self._lock = os.open(self._dir / "lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         os.mkdir(self._dir / "root", 0o755)
-        self._etc: dict[tuple[str, str], str] = {}
         self._pidns = None if self.rootless else os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.warnings: tuple[str, ...] = ()
         if self.rootless and not subordinate_ids_available():
@@ -131,6 +131,8 @@ class NamespaceSandbox:
         removed = []
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.state_root):
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
                 lock = os.path.join(entry.path, "lock")
                 try:
                     fd = os.open(lock, os.O_RDONLY | os.O_CLOEXEC)
@@ -147,7 +149,10 @@ class NamespaceSandbox:
                         os.close(fd)
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.name)
-        if removed:  # a dead sandbox may have left cgroups too
+        # A dead sandbox may have left cgroups; one that could not go then (a
+        # process still leaving it) goes at a later start.
+        self._cgroups_used = os.path.exists(self.state_root / _CGROUPS_USED)
+        if removed or self._cgroups_used:
             from .cgroups import sweep_stale
 
             with contextlib.suppress(OSError):
@@ -174,32 +179,34 @@ class NamespaceSandbox:
             raise SandboxError("nothing to run: the command is empty")
         if self._lock is None:
             raise SandboxError("sandbox: closed")
-        etc = self._etc_files(request)
+        hostname = request.hostname or "pybuild"
+        if len(hostname.encode()) > _HOST_NAME_MAX or "/" in hostname or "\0" in hostname:
+            raise SandboxError(f"hostname {hostname!r}: not a valid host name (at most {_HOST_NAME_MAX} bytes)")
+        # The container's own /etc/hosts, hostname and resolv.conf: it may write them, no other sees that.
+        etc = self._dir / f"etc-{os.urandom(6).hex()}"
+        os.mkdir(etc, 0o755)
         cgroup = None
         warnings = list(self.warnings)
         try:
+            _write_etc_files(etc, hostname, request.network)
             if request.limits is not None and not request.limits.empty():
                 from .cgroups import Cgroup
 
+                if not self._cgroups_used:  # from now on, every sandbox sweeps stale cgroups as it starts
+                    os.close(os.open(self.state_root / _CGROUPS_USED, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+                    self._cgroups_used = True
                 cgroup = Cgroup.create(f"pybuild-{os.urandom(6).hex()}", request.limits)
                 warnings.extend(cgroup.warnings)
             joins = cgroup.join_fds() if cgroup else ()
-            container = _Container(request, str(self._dir / "root"), etc, joins, self.rootless)
+            container = _Container(request, str(self._dir / "root"), str(etc), joins, self.rootless)
             return self._run(container, cgroup, on_output, on_pty, forward_signals, warnings)
         finally:
             if cgroup is not None:
                 cgroup.destroy()
-
-    def _etc_files(self, request: ExecRequest) -> str:
-        """The directory holding hosts, hostname and resolv.conf for this hostname and network."""
-        key = (request.hostname or "pybuild", request.network)
-        where = self._etc.get(key)
-        if where is None:
-            where = str(self._dir / f"etc-{len(self._etc)}")
-            os.mkdir(where, 0o755)
-            _write_etc_files(Path(where), *key)
-            self._etc[key] = where
-        return where
+            for name in _ETC_FILES:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(etc / name)
+            os.rmdir(etc)
 
     def _run(
         self,
@@ -273,7 +280,7 @@ class NamespaceSandbox:
         return ExecResult(
             status=code,
             signal=signo,
-            oom_killed=oom and signo == signal.SIGKILL,
+            oom_killed=oom and (signo == signal.SIGKILL or code != 0),  # PID 1, or a process it waited for
             timed_out=timed_out,
             duration=duration,
             cpu_time=cpu,
@@ -407,7 +414,7 @@ def _write_etc_files(where: Path, hostname: str, network: str) -> None:
         hosts = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         resolv = b""
     hosts += f"127.0.1.1\t{hostname}\n".encode()
-    for name, data in (("hosts", hosts), ("hostname", hostname.encode() + b"\n"), ("resolv.conf", resolv)):
+    for name, data in zip(_ETC_FILES, (hosts, hostname.encode() + b"\n", resolv)):
         with open(where / name, "wb") as f:
             f.write(data)
 
@@ -432,6 +439,7 @@ class _Container:
         self.stdio: tuple[int, int, int] = (0, 1, 2)
         self.pty_socket: socket.socket | None = None
         self.stubs: list[str] = []
+        self.pivoted = False
 
     def start(self, report_w: int, life_r: int, life_w: int, *, namespaces: int) -> None:
         code = 127
@@ -440,8 +448,10 @@ class _Container:
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
             if select.select([life_r], [], [], 0)[0]:
                 os._exit(1)  # the parent died before PDEATHSIG was set
-            self._setup(namespaces)
-            os.write(report_w, b"stubs\0" + "\0".join(self.stubs).encode() + b"\n")
+            try:
+                self._setup(namespaces)
+            finally:  # what was made goes, even when the set-up fails half-way
+                os.write(report_w, b"stubs\0" + "\0".join(self.stubs).encode() + b"\n")
             self._exec()
         except _ExecFailed as exc:
             code = exc.code
@@ -461,11 +471,16 @@ class _Container:
         stdin, stdout, stderr = self.stdio
         for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
             os.dup2(fd, target)
-        # Host-side sources, taken before pivot_root hides the host.
-        # Unprivileged, device nodes cannot be made: bind the host's.
-        devices = [linux.open_tree(f"/dev/{name}") for name in _DEVICES] if self.rootless else []
-        etc = [linux.open_tree(os.path.join(self.etc, os.path.basename(p))) for p in _STUB_FILES]
-        binds = [linux.open_tree(b.source, recursive=True) for b in request.binds]
+        # Host-side sources, taken before pivot_root hides the host. The devices
+        # are the host's nodes, bound: /dev itself is nodev, so that a node the
+        # command makes (it keeps CAP_MKNOD, as in Docker) opens nothing.
+        devices = [linux.open_tree(f"/dev/{name}") for name in _DEVICES]
+        etc = [linux.open_tree(os.path.join(self.etc, name)) for name in _ETC_FILES]
+        binds = []
+        for bind in request.binds:
+            fd = linux.open_tree(bind.source, recursive=True)
+            binds.append(fd)  # nodev, and read-only all the way down when asked (a remount would not recurse)
+            linux.mount_setattr(fd, linux.MOUNT_ATTR_NODEV | (linux.MOUNT_ATTR_RDONLY if bind.readonly else 0))
         _mount_rootfs(request.rootfs, self.root)
         os.chdir(self.root)
         # Before pivot_root: unprivileged, the kernel lets a user namespace mount
@@ -480,6 +495,7 @@ class _Container:
         linux.pivot_root(".", ".")
         linux.umount(".", linux.MNT_DETACH)
         os.chdir("/")
+        self.pivoted = True
         self._proc_dev_sys(devices)
         for path, fd in zip(_STUB_FILES, etc):
             self._stub(path, directory=False)
@@ -489,25 +505,16 @@ class _Container:
             self._stub(bind.target, directory=stat.S_ISDIR(os.fstat(fd).st_mode))
             linux.move_mount(fd, bind.target)
             os.close(fd)
-            if bind.readonly:
-                flags = linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_REC
-                linux.mount(None, bind.target, None, flags)
         if request.network == "none":
             _loopback_up()
 
     def _proc_dev_sys(self, devices: list[int]) -> None:
         self._stub("/dev", directory=True)
-        linux.mount("tmpfs", "/dev", "tmpfs", linux.MS_NOSUID, "mode=755,size=65536k")
-        if devices:
-            for name, fd in zip(_DEVICES, devices):
-                os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
-                linux.move_mount(fd, f"/dev/{name}")
-                os.close(fd)
-        else:
-            old = os.umask(0)
-            for name, (major, minor) in zip(_DEVICES, _DEVICE_NUMBERS):
-                os.mknod(f"/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
-            os.umask(old)
+        linux.mount("tmpfs", "/dev", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=755,size=65536k")
+        for name, fd in zip(_DEVICES, devices):
+            os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+            linux.move_mount(fd, f"/dev/{name}")
+            os.close(fd)
         os.mkdir("/dev/pts", 0o755)
         options = "newinstance,ptmxmode=0666,mode=0620"
         try:
@@ -550,7 +557,8 @@ class _Container:
             os.mkdir(here, 0o755)
         else:
             os.close(os.open(here, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-        self.stubs.append(path)
+        # Where it really is: the image's links (/var/run -> /run) are followed, inside the root.
+        self.stubs.append(os.path.realpath(path) if self.pivoted else path)
 
     def _exec(self) -> None:
         request = self.request
@@ -629,17 +637,21 @@ def _mount_rootfs(mounts: tuple[Mount, ...], target: str) -> None:
     if len(mounts) != 1:
         raise SandboxError(f"root filesystem: expected one mount, got {len(mounts)}")
     (mount,) = mounts
+    # nodev: device nodes of the image (or made by the command) open nothing; Docker's device rules, by mount.
     if mount.type == "bind":
-        linux.mount(mount.source, target, None, linux.MS_BIND | linux.MS_REC)
-        if "ro" in mount.options:
-            linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_REC)
+        fd = linux.open_tree(mount.source, recursive=True)
+        try:
+            linux.mount_setattr(fd, linux.MOUNT_ATTR_NODEV | (linux.MOUNT_ATTR_RDONLY if "ro" in mount.options else 0))
+            linux.move_mount(fd, target)
+        finally:
+            os.close(fd)
         return
     if mount.type != "overlay":
         raise SandboxError(f"root filesystem: cannot mount type {mount.type!r}")
     data = ",".join(mount.options)
     if len(data) >= _PAGE:
         data = _compact(mount.options)
-    linux.mount(mount.source, target, "overlay", 0, data)
+    linux.mount(mount.source, target, "overlay", linux.MS_NODEV, data)
 
 
 def _compact(options: tuple[str, ...]) -> str:
@@ -818,9 +830,9 @@ class _SignalForwarder:
 def _remove_stubs(rootfs: tuple[Mount, ...], stubs: list[str]) -> None:
     """Take the mount points the container needed out of its upper directory again.
 
-    A stub goes when still empty; then a directory above it that OverlayFS
+    A stub goes when still empty; then each directory above it that OverlayFS
     copied up only to hold the stub (empty, not opaque, same owner and mode
-    as in the layer below) goes too, so the layer does not list it.
+    as in the layer below) goes too, deepest first, so the layer does not list it.
     """
     if not stubs or len(rootfs) != 1:
         return
@@ -829,7 +841,7 @@ def _remove_stubs(rootfs: tuple[Mount, ...], stubs: list[str]) -> None:
     if upper is None:
         return
     lowers = (mount.option("lowerdir") or "").split(":") if mount.type == "overlay" else []
-    parents = {p.rsplit("/", 1)[0] for p in stubs} - set(stubs) - {""}
+    parents = {p[:i] for p in stubs for i in range(1, len(p)) if p[i] == "/"} - set(stubs)
     for path in sorted(stubs, key=lambda p: p.count("/"), reverse=True):
         _remove_empty(upper, path, lowers=None)
     for path in sorted(parents, key=lambda p: p.count("/"), reverse=True):

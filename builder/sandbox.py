@@ -91,8 +91,10 @@ class ExecResult:
     oom_killed: bool = False
     timed_out: bool = False
     duration: float = 0.0  # seconds of wall time
-    cpu_time: float = 0.0  # seconds, user + system, of every process of the container
-    max_rss: int = 0  # bytes: the container's peak memory (cgroup) or its largest process's
+    # With limits (a cgroup): user + system seconds of every process of the container, and its peak
+    # memory. Without: of PID 1 and the processes it waited for, and the largest one's peak.
+    cpu_time: float = 0.0
+    max_rss: int = 0  # bytes
     memory_limit: int | None = None
     timeout: float | None = None
     warnings: tuple[str, ...] = ()

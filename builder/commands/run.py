@@ -14,6 +14,7 @@ from .images import open_store
 if TYPE_CHECKING:
     from store.image import ContainerConfig
 
+    from ..cgroups import Limits
     from ..console import Console
     from ..sandbox import Bind
 
@@ -42,6 +43,8 @@ def run(args: dict[str, object], console: Console) -> int:
         raise UsageError(f"--network {network}: only none and host are supported (no bridged networking yet)")
     limits = _limits(args)
     timeout = _positive(args["timeout"], "--timeout", float) if args["timeout"] else None
+    if args["workdir"] and not str(args["workdir"]).startswith("/"):
+        raise UsageError(f"--workdir {args['workdir']}: the working directory must be an absolute path")
     binds = tuple(_volume(v) for v in args["volume"])  # type: ignore[attr-defined]
     store = open_store(args)
     image = store.image(str(args["image"]))
