@@ -32,6 +32,7 @@ import contextlib
 import errno
 import fcntl
 import os
+import posixpath
 import select
 import shutil
 import signal
@@ -448,6 +449,12 @@ class _Container:
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
             if select.select([life_r], [], [], 0)[0]:
                 os._exit(1)  # the parent died before PDEATHSIG was set
+            # The builder's own descriptors (the store's files, directories) must not be
+            # reachable from the container, through /proc/self/fd, even before exec.
+            keep = {report_w, life_r, *self.stdio, *self.cgroup_fds}
+            if self.pty_socket is not None:
+                keep.add(self.pty_socket.fileno())
+            _close_all_but(keep)
             try:
                 self._setup(namespaces)
             finally:  # what was made goes, even when the set-up fails half-way
@@ -582,13 +589,24 @@ class _Container:
 
             socket.send_fds(self.pty_socket, [b"pty"], [master])
             os.close(master)
-        cwd = request.cwd or "/"
+        cwd = posixpath.normpath(posixpath.join("/", request.cwd or "/"))
+        if cwd == "/proc" or cwd.startswith("/proc/"):
+            raise _ExecFailed(f"working directory {request.cwd}: refused, it is inside /proc", 125)
         try:
-            os.chdir(cwd)
+            try:
+                os.chdir(cwd)
+            except FileNotFoundError:  # made, as Docker makes a missing working directory
+                os.makedirs(cwd, 0o755)
+                os.chown(cwd, creds.uid, creds.gid)
+                os.chdir(cwd)
+        except OSError as exc:
+            raise _ExecFailed(f"working directory {request.cwd}: {exc.strerror}", 125) from None
+        try:
+            inside = os.getcwd().startswith("/")  # the kernel says "(unreachable)" for a directory outside the root
         except FileNotFoundError:
-            os.makedirs(cwd, 0o755)
-            os.chown(cwd, creds.uid, creds.gid)
-            os.chdir(cwd)
+            inside = False
+        if not inside:
+            raise _ExecFailed(f"working directory {request.cwd}: refused, it leads outside the container", 125)
         linux.drop_bounding_set(_DEFAULT_CAPS, linux.last_cap())
         if creds.uid != 0 or creds.gid != 0 or len(creds.groups) > 1:
             try:
@@ -622,6 +640,14 @@ class _ExecFailed(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _close_all_but(keep: set[int]) -> None:
+    low = 3
+    for fd in sorted(fd for fd in keep if fd >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)  # close_range(2): one system call whatever the bound
 
 
 def _mount_here(source: str, name: str, fstype: str, flags: int) -> None:

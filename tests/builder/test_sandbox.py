@@ -383,6 +383,20 @@ def test_only_stdio_is_open_in_the_container(run: Runner) -> None:
     assert fds["0"] == "/dev/null" and fds["1"].startswith("pipe:") and fds["2"].startswith("pipe:"), pid1
 
 
+@pytest.mark.parametrize("cwd", ["/proc/self/fd/3", "/proc/1/cwd", "/dev/fd/3"])
+def test_a_working_directory_through_proc_never_reaches_the_host(run: Runner, cwd: str) -> None:
+    # CVE-2024-21626: a WORKDIR naming a descriptor the runtime still held led to the host's filesystem.
+    host_dir = os.open("/", os.O_RDONLY | os.O_DIRECTORY)  # a host directory this process holds
+    try:
+        ran = run(sh("pwd -P; ls /.. | head -3"), cwd=cwd)
+    finally:
+        os.close(host_dir)
+    if ran.result.status == 125:  # refused, or nothing there once the builder's descriptors are closed
+        assert ran.result.error is not None and cwd in ran.result.error, ran.result
+    else:  # /proc/1/cwd is the container's own root: fine, as long as it is
+        assert ran.result.ok and ran.out.splitlines()[0] == "/", ran.out
+
+
 def test_capabilities_and_no_new_privs(run: Runner) -> None:
     def status(ran: Ran) -> dict[str, str]:
         return dict(line.split(":\t", 1) for line in ran.out.splitlines() if ":\t" in line)
