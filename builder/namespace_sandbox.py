@@ -240,9 +240,11 @@ class NamespaceSandbox:
                 child_ends.append(w)
         container.stdio = tuple(stdio)  # type: ignore[assignment]
         started = time.monotonic()
+        forward = _SignalForwarder(forward_signals)
         try:
             pid = self._fork(container, report_w, life_r, life_w)
         except BaseException:
+            forward.restore()
             for fd in (report_r, report_w, life_r, life_w, *pipes, *child_ends):
                 os.close(fd)
             raise
@@ -255,7 +257,7 @@ class NamespaceSandbox:
             container.pty_socket.close()
         try:
             status, rusage, timed_out, report = _supervise(
-                pid, report_r, pipes, on_output, pty_socket, on_pty, request.timeout, started, forward_signals
+                pid, report_r, pipes, on_output, pty_socket, on_pty, request.timeout, started, forward
             )
         finally:
             if pty_socket is not None:
@@ -620,6 +622,7 @@ class _Container:
         if creds.uid == 0:
             linux.capset(_DEFAULT_CAPS, _DEFAULT_CAPS, 0)
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+        _default_signals()
         linux.cloexec_from(3)
         argv = list(request.argv)
         try:
@@ -640,6 +643,19 @@ class _ExecFailed(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+def _default_signals() -> None:
+    """Every signal to its default action and none blocked: the command must not inherit that Python
+    ignores SIGPIPE, nor what the builder's caller ignored (nohup, a background job) or blocked."""
+    with open("/proc/self/status", "rb") as f:  # the container's /proc: PID 1's own, the kernel's view
+        ignored = int(next(line for line in f if line.startswith(b"SigIgn:")).split()[1], 16)
+    for signo in signal.valid_signals():
+        if signo in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        if ignored >> (signo - 1) & 1 or signal.getsignal(signo) not in (signal.SIG_DFL, None):
+            signal.signal(signo, signal.SIG_DFL)  # Python's handlers die with exec anyway; ignored ones would not
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def _close_all_but(keep: set[int]) -> None:
@@ -765,7 +781,7 @@ def _supervise(
     on_pty: Callable[[int], None] | None,
     timeout: float | None,
     started: float,
-    forward_signals: tuple[int, ...],
+    forward: _SignalForwarder,
 ) -> tuple[int, os.struct_rusage, bool, bytes]:
     """Relay output and wait for PID 1; kill it when the timeout runs out. (status, rusage, timed out, report)."""
     pidfd = os.pidfd_open(pid)
@@ -778,7 +794,7 @@ def _supervise(
     open_fds = {report_r, *pipes}
     timed_out = exited = False
     deadline = started + timeout if timeout is not None else None
-    forward = _SignalForwarder(pidfd, forward_signals)
+    forward.attach(pidfd)
     try:
         while open_fds or not exited:
             wait = None
@@ -834,23 +850,40 @@ def _kill(pidfd: int) -> None:
 
 
 class _SignalForwarder:
-    """While a container runs (in the main thread), the given signals go to its PID 1 instead of to us."""
+    """While a container runs (in the main thread), the given signals go to its PID 1 instead of to us.
 
-    def __init__(self, pidfd: int, signals: tuple[int, ...]) -> None:
+    Installed before the fork, so that none falls between the fork and the
+    wait: a signal that comes before `attach` is passed on then. PID 1
+    ignores the signals it has no handler for, so a third SIGINT kills the
+    container, as a third Ctrl-C stops `docker run`.
+    """
+
+    def __init__(self, signals: tuple[int, ...]) -> None:
         self._saved: dict[int, object] = {}
-        if not signals or threading.current_thread() is not threading.main_thread():
+        self._pidfd: int | None = None
+        self._pending: list[int] = []
+        self._interrupts = 0
+        if signals and threading.current_thread() is threading.main_thread():
+            for signo in signals:
+                self._saved[signo] = signal.signal(signo, self._forward)
+
+    def attach(self, pidfd: int) -> None:
+        self._pidfd = pidfd
+        while self._pending:
+            self._forward(self._pending.pop(0), None)
+
+    def _forward(self, signo: int, frame: object) -> None:
+        if self._pidfd is None:
+            self._pending.append(signo)
             return
-
-        def forward(signo: int, frame: object) -> None:
-            with contextlib.suppress(ProcessLookupError, OSError):
-                signal.pidfd_send_signal(pidfd, signo)
-
-        for signo in signals:
-            self._saved[signo] = signal.signal(signo, forward)
+        self._interrupts += signo == signal.SIGINT
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL if self._interrupts >= 3 else signo)
 
     def restore(self) -> None:
         for signo, handler in self._saved.items():
             signal.signal(signo, handler)  # type: ignore[arg-type]
+        self._saved.clear()
 
 
 def _remove_stubs(rootfs: tuple[Mount, ...], stubs: list[str]) -> None:

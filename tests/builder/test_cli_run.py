@@ -221,6 +221,27 @@ def test_sigterm_is_forwarded_to_the_container(store_root: Path) -> None:
     assert out == b"got-term\n"
 
 
+def test_a_third_interrupt_kills_a_container_that_ignores_them(store_root: Path) -> None:
+    # PID 1 without a SIGINT handler ignores it: the first two are passed on, the third kills.
+    proc = subprocess.Popen(command(store_root, "busybox", "sh", "-c", "echo ready; exec sleep 1000"),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert select.select([proc.stdout], [], [], 30)[0], "the container never said ready"
+        assert proc.stdout.readline() == b"ready\n"
+        for _ in range(2):
+            proc.send_signal(signal.SIGINT)
+            time.sleep(0.2)
+            assert proc.poll() is None, "two interrupts are the container's to ignore"
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 128 + signal.SIGKILL
+
+
 def test_stdin_only_with_interactive(store_root: Path) -> None:
     passed = pybuild_run(store_root, "-i", "busybox", "cat", input=b"hi\n")
     assert (passed.returncode, passed.stdout) == (0, "hi\n")

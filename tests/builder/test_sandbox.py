@@ -383,6 +383,16 @@ def test_only_stdio_is_open_in_the_container(run: Runner) -> None:
     assert fds["0"] == "/dev/null" and fds["1"].startswith("pipe:") and fds["2"].startswith("pipe:"), pid1
 
 
+def test_the_command_starts_with_default_signal_actions(run: Runner) -> None:
+    # Python ignores SIGPIPE; a caller may ignore SIGINT (nohup, a background job): none of it is inherited.
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ran = run(("grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"))  # not through sh: ash ignores SIGQUIT itself
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert ran.out.split() == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"], ran.out
+
+
 @pytest.mark.parametrize("cwd", ["/proc/self/fd/3", "/proc/1/cwd", "/dev/fd/3"])
 def test_a_working_directory_through_proc_never_reaches_the_host(run: Runner, cwd: str) -> None:
     # CVE-2024-21626: a WORKDIR naming a descriptor the runtime still held led to the host's filesystem.
