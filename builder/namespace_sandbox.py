@@ -623,6 +623,7 @@ class _Container:
             linux.capset(_DEFAULT_CAPS, _DEFAULT_CAPS, 0)
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
         _default_signals()
+        os.umask(0o022)  # Docker's, whatever the builder's own
         linux.cloexec_from(3)
         argv = list(request.argv)
         try:

@@ -393,6 +393,15 @@ def test_the_command_starts_with_default_signal_actions(run: Runner) -> None:
     assert ran.out.split() == ["SigBlk:", "0000000000000000", "SigIgn:", "0000000000000000"], ran.out
 
 
+def test_the_command_gets_dockers_umask(run: Runner) -> None:
+    before = os.umask(0o077)
+    try:
+        ran = run(sh("umask"))
+    finally:
+        os.umask(before)
+    assert ran.out.strip() == "0022"
+
+
 @pytest.mark.parametrize("cwd", ["/proc/self/fd/3", "/proc/1/cwd", "/dev/fd/3"])
 def test_a_working_directory_through_proc_never_reaches_the_host(run: Runner, cwd: str) -> None:
     # CVE-2024-21626: a WORKDIR naming a descriptor the runtime still held led to the host's filesystem.
