@@ -160,6 +160,7 @@ __all__ = [
     "Stats",
     "detect_layout",
     "parse_size",
+    "remove_stale",
     "sweep_stale",
 ]
 
@@ -619,6 +620,20 @@ def sweep_stale(prefix: str = "pybuild-", *, layout: Layout | None = None) -> li
             if _remove_if_stale(Path(entry.path)):
                 removed.append(entry.path)
     return removed
+
+
+def remove_stale(name: str, *, layout: Layout | None = None) -> bool:
+    """Remove the nodes named exactly `name` (a dead builder's) unless a live Cgroup holds them or a
+    process is in them; True when none is left, False when one has to be tried again later."""
+    if not name.startswith("pybuild-") or name == INIT_NAME or "/" in name:
+        raise ValueError(f"not a pybuild cgroup name: {name!r}")
+    layout = layout or detect_layout()
+    left = False
+    for base in dict.fromkeys(h.base for h in layout.hierarchies if h.base is not None):
+        path = Path(base) / name
+        if os.path.isdir(path) and not _remove_if_stale(path):
+            left = True
+    return not left
 
 
 # ---------------------------------------------------------------------------

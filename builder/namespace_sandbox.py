@@ -67,7 +67,8 @@ _READONLY = ("/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq")
 _STUB_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 _ETC_FILES = ("hosts", "hostname", "resolv.conf")
 _HOST_NAME_MAX = 64
-_CGROUPS_USED = ".cgroups-used"  # in the state root: sandboxes here made cgroups, so sweep them at start
+_CGROUPS = "cgroups"  # in a sandbox's directory: the names of the cgroups it made
+_CGROUPS_PENDING = ".cgroups-pending"  # in the state root: dead sandboxes' cgroups still to remove
 _PAGE = 4096
 _OPAQUE = frozenset({"trusted.overlay.opaque", "user.overlay.opaque"})
 _NOEXEC_FLAGS = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
@@ -129,7 +130,8 @@ class NamespaceSandbox:
 
     def sweep(self) -> list[str]:
         """Remove the state directories and cgroups of dead sandboxes; returns the directory names."""
-        removed = []
+        removed: list[str] = []
+        dead_cgroups: list[str] = []
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.state_root):
                 if not entry.is_dir(follow_symlinks=False):
@@ -148,17 +150,34 @@ class NamespaceSandbox:
                         continue  # a live sandbox
                     finally:
                         os.close(fd)
+                dead_cgroups += _read_names(os.path.join(entry.path, _CGROUPS))
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.name)
-        # A dead sandbox may have left cgroups; one that could not go then (a
-        # process still leaving it) goes at a later start.
-        self._cgroups_used = os.path.exists(self.state_root / _CGROUPS_USED)
-        if removed or self._cgroups_used:
-            from .cgroups import sweep_stale
-
-            with contextlib.suppress(OSError):
-                sweep_stale()
+        self._sweep_cgroups(dead_cgroups)
         return removed
+
+    def _sweep_cgroups(self, names: list[str]) -> None:
+        """Remove dead sandboxes' cgroups; those still busy (a process leaving) are tried again at a later start."""
+        pending = self.state_root / _CGROUPS_PENDING
+        names += _read_names(pending)
+        if not names:
+            return
+        from .cgroups import remove_stale
+
+        left = []
+        for name in dict.fromkeys(names):
+            try:
+                if not remove_stale(name):
+                    left.append(name)
+            except (OSError, ValueError):
+                continue
+        if left:
+            temporary = pending.with_name(f"{pending.name}.{os.urandom(4).hex()}")
+            temporary.write_text("".join(f"{name}\n" for name in left))
+            os.replace(temporary, pending)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(pending)
 
     # ---- one run ---------------------------------------------------------
 
@@ -193,10 +212,10 @@ class NamespaceSandbox:
             if request.limits is not None and not request.limits.empty():
                 from .cgroups import Cgroup
 
-                if not self._cgroups_used:  # from now on, every sandbox sweeps stale cgroups as it starts
-                    os.close(os.open(self.state_root / _CGROUPS_USED, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-                    self._cgroups_used = True
-                cgroup = Cgroup.create(f"pybuild-{os.urandom(6).hex()}", request.limits)
+                name = f"pybuild-{os.urandom(6).hex()}"
+                with open(self._dir / _CGROUPS, "a") as names:  # for the sweep, should this process die
+                    names.write(name + "\n")
+                cgroup = Cgroup.create(name, request.limits)
                 warnings.extend(cgroup.warnings)
             joins = cgroup.join_fds() if cgroup else ()
             container = _Container(request, str(self._dir / "root"), str(etc), joins, self.rootless)
@@ -407,6 +426,14 @@ def _subordinate(path: str, own: int) -> tuple[int, int] | None:
 def subordinate_ids_available() -> bool:
     """Whether this user gets a full id range (else a single id: files the command chowns keep the caller's)."""
     return bool(_subordinate("/etc/subuid", os.getuid()) and _subordinate("/etc/subgid", os.getuid()))
+
+
+def _read_names(path: str | Path) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
 
 
 def _write_etc_files(where: Path, hostname: str, network: str) -> None:

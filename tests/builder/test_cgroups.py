@@ -49,6 +49,7 @@ from builder.cgroups import (
     _tree,
     detect_layout,
     parse_size,
+    remove_stale,
     sweep_stale,
 )
 from tests.support import REPO
@@ -517,6 +518,24 @@ def test_sweep_stale(make) -> None:
     removed: list[str] = []
     wait_for(lambda: bool(removed.extend(sweep_stale(prefix=token)) or removed))
     assert sorted(removed) == busy
+
+
+def test_remove_stale_by_name(make) -> None:
+    token = f"pybuild-test-{secrets.token_hex(4)}-"
+    _, stale = leave_behind(token + "stale", "empty")
+    sleeper, busy = leave_behind(token + "busy", "live")
+    try:
+        live = make(Limits(pids=5), name=token + "live")
+        assert remove_stale(token + "stale") is True and not [p for p in stale if os.path.exists(p)]
+        assert remove_stale(token + "busy") is False and all(os.path.exists(p) for p in busy)
+        assert remove_stale(token + "live") is False and all(p.exists() for p in live.paths.values())
+        assert remove_stale(token + "never-made") is True
+    finally:
+        os.kill(sleeper, signal.SIGKILL)
+    wait_for(lambda: remove_stale(token + "busy"))
+    assert not [p for p in busy if os.path.exists(p)]
+    with pytest.raises(ValueError):
+        remove_stale("pybuild-init")
 
 
 def test_sweep_stale_needs_a_prefix() -> None:
