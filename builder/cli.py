@@ -11,12 +11,17 @@ Exit codes: 0 ok, 1 a build step failed, 2 usage, recipe or store error
 
 from __future__ import annotations
 
+import os
 import sys
 
 from .argv import HelpRequested, UsageError, parse_args
 from .commands import COMMANDS
 
-__all__ = ["main"]
+TYPE_CHECKING = False  # typing costs start-up time: `pybuild parse` has a budget
+if TYPE_CHECKING:
+    from typing import NoReturn
+
+__all__ = ["console", "main"]
 
 EXIT_OK = 0
 EXIT_USAGE = 2
@@ -40,6 +45,23 @@ options:
   --debug        show a traceback for internal errors
 
 Run `pybuild COMMAND --help` for a command's options."""
+
+
+def console() -> NoReturn:
+    """The `pybuild` executable: `main()`, then leave at once.
+
+    Python's own tear-down (collecting every module, closing the metadata
+    database, which checkpoints its write-ahead log) takes longer than most
+    commands. By the time `main` returns everything that matters is closed,
+    and SQLite's write-ahead log is crash-safe by design.
+    """
+    code = main()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe: nothing more can be said
+            pass
+    os._exit(code)
 
 
 def main(argv: list[str] | None = None) -> int:
