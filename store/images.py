@@ -100,6 +100,20 @@ class Store:
 
         return OverlaySnapshotter(self.root, self.metadata)
 
+    def sweep_snapshots(self) -> list[str]:
+        """Remove the writable snapshots of processes that died (a `pybuild run` killed with SIGKILL), with their files.
+
+        Their leases die with them; committed snapshots are kept (a cache,
+        pruned with the images). Cheap enough to run before every checkout.
+        """
+        metadata = self.metadata
+        with metadata.gc_lock(exclusive=True):
+            reaped = metadata.reap_leases()
+            forgotten = metadata.sweep_snapshots(excluding=reaped)
+        if forgotten or (self.root / "snapshots").is_dir():
+            self.snapshots.sweep()
+        return forgotten
+
     def checkout(self, image: str | Image, *, prefix: str = "checkout") -> Checkout:
         """A fresh writable snapshot over `image`'s layers (unpacked on first use); see store.checkout."""
         from .checkout import checkout

@@ -55,6 +55,7 @@ def run(args: dict[str, object], console: Console) -> int:
     env = _environment(config.env, args["env"])  # type: ignore[arg-type]
     tty = bool(args["tty"])
     with NamespaceSandbox() as sandbox:
+        store.sweep_snapshots()  # what containers of killed `pybuild run`s left
         rootfs = store.checkout(image, prefix="run")
         try:
             with _stdio(bool(args["interactive"]), tty) as (stdin, stdout, stderr, forward, pty_attach):

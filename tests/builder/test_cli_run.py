@@ -305,3 +305,23 @@ def test_keep_leaves_the_writable_layer(store: Store, store_root: Path) -> None:
                 store.snapshots.remove(info.name)
     assert not (store.snapshots.root / kept).exists()
     assert pybuild_run(store_root, "--rm", "--keep", "busybox", "true").returncode == 2
+
+
+def test_a_killed_pybuild_run_leaves_nothing_the_next_one_keeps(store: Store, store_root: Path) -> None:
+    proc = subprocess.Popen(command(store_root, "busybox", "sh", "-c", "echo ready; exec sleep 1000"),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert select.select([proc.stdout], [], [], 30)[0], "the container never said ready"
+        assert proc.stdout.readline() == b"ready\n"
+        assert snapshot_dirs(store) != committed_snapshot_dirs(store)  # its writable layer
+        proc.kill()
+        proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert snapshot_dirs(store) != committed_snapshot_dirs(store), "the SIGKILLed run could not clean up"
+    assert pybuild_run(store_root, "busybox", "true").returncode == 0
+    assert snapshot_dirs(store) == committed_snapshot_dirs(store), "the next run did not sweep the dead one's layer"
+    # ...and its sandbox directory: nothing_left_behind checks the state root.
