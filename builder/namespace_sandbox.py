@@ -2,27 +2,30 @@
 
 How one run goes (`run`):
 
-1. The parent makes a run directory under the state root (the files bound
-   over /etc/hosts, /etc/hostname and /etc/resolv.conf, and the mount point
-   of the new root), holds a lock on it while the run lives, and makes the
-   cgroup when limits are asked for.
+1. Each NamespaceSandbox has a directory under the state root, locked
+   while it lives, with two empty mount points (`root`, `etc`) that every
+   run uses in its own mount namespace. A run makes the cgroup when limits
+   are asked for, and the contents of its /etc/hosts, hostname, resolv.conf.
 2. As root, it sets its own pid-namespace-for-children to a new namespace,
    forks (the child is PID 1 there) and sets it back: one fork. Unprivileged,
    a first child makes a user namespace, the parent maps ids into it
    (newuidmap/newgidmap over /etc/subuid, else the caller's single id), and
    that child forks PID 1 into the other new namespaces.
-3. PID 1 (`_Container.start`, Python until exec) joins the cgroup, makes the
-   mount, UTS, IPC, cgroup (and network) namespaces, mounts the root,
-   pivot_roots into it, mounts /proc, /dev, /sys and the binds, drops to the
-   Docker default capabilities and the user, sets no_new_privs and execs the
-   command. Set-up errors reach the parent through a close-on-exec pipe.
+3. PID 1 (`_Container.start`, Python until exec) closes the builder's
+   descriptors, joins the cgroup, makes the mount, UTS, IPC, cgroup (and
+   network) namespaces, writes its /etc files on a tmpfs of its own, mounts
+   the root, /proc and /sys, pivot_roots, mounts /dev and the binds, drops
+   to the Docker default capabilities and the user, sets no_new_privs,
+   resets signal actions and execs the command. Set-up errors, and the
+   mount points it had to create, reach the parent through a close-on-exec
+   pipe.
 4. The parent streams output, enforces the timeout, waits for PID 1: when it
    exits the kernel kills every other process of the namespace and drops its
-   mounts. Then the parent removes mount stubs from the upper directory, the
-   cgroup and the run directory.
+   mounts. Then the parent removes mount stubs from the upper directory and
+   the cgroup.
 
-A parent killed with SIGKILL takes PID 1 with it (PR_SET_PDEATHSIG); its run
-directory and cgroup are swept by the next NamespaceSandbox (their lock is
+A parent killed with SIGKILL takes PID 1 with it (PR_SET_PDEATHSIG); its
+directory and cgroups are swept by the next NamespaceSandbox (their lock is
 free). Mounts never outlive their namespace, so none can be left on the host.
 """
 
@@ -98,6 +101,7 @@ class NamespaceSandbox:
         self._lock = os.open(self._dir / "lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         os.mkdir(self._dir / "root", 0o755)
+        os.mkdir(self._dir / "etc", 0o755)
         self._pidns = None if self.rootless else os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.warnings: tuple[str, ...] = ()
         if self.rootless and not subordinate_ids_available():
@@ -202,13 +206,9 @@ class NamespaceSandbox:
         hostname = request.hostname or "pybuild"
         if len(hostname.encode()) > _HOST_NAME_MAX or "/" in hostname or "\0" in hostname:
             raise SandboxError(f"hostname {hostname!r}: not a valid host name (at most {_HOST_NAME_MAX} bytes)")
-        # The container's own /etc/hosts, hostname and resolv.conf: it may write them, no other sees that.
-        etc = self._dir / f"etc-{os.urandom(6).hex()}"
-        os.mkdir(etc, 0o755)
         cgroup = None
         warnings = list(self.warnings)
         try:
-            _write_etc_files(etc, hostname, request.network)
             if request.limits is not None and not request.limits.empty():
                 from .cgroups import Cgroup
 
@@ -218,15 +218,12 @@ class NamespaceSandbox:
                 cgroup = Cgroup.create(name, request.limits)
                 warnings.extend(cgroup.warnings)
             joins = cgroup.join_fds() if cgroup else ()
-            container = _Container(request, str(self._dir / "root"), str(etc), joins, self.rootless)
+            etc = _etc_files(hostname, request.network)
+            container = _Container(request, str(self._dir), etc, joins, self.rootless)
             return self._run(container, cgroup, on_output, on_pty, forward_signals, warnings)
         finally:
             if cgroup is not None:
                 cgroup.destroy()
-            for name in _ETC_FILES:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(etc / name)
-            os.rmdir(etc)
 
     def _run(
         self,
@@ -436,7 +433,8 @@ def _read_names(path: str | Path) -> list[str]:
         return []
 
 
-def _write_etc_files(where: Path, hostname: str, network: str) -> None:
+def _etc_files(hostname: str, network: str) -> tuple[bytes, bytes, bytes]:
+    """The container's /etc/hosts, /etc/hostname and /etc/resolv.conf."""
     if network == "host":
         hosts = _read_host("/etc/hosts") or b"127.0.0.1\tlocalhost\n"
         resolv = _read_host("/etc/resolv.conf")
@@ -444,9 +442,7 @@ def _write_etc_files(where: Path, hostname: str, network: str) -> None:
         hosts = b"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         resolv = b""
     hosts += f"127.0.1.1\t{hostname}\n".encode()
-    for name, data in zip(_ETC_FILES, (hosts, hostname.encode() + b"\n", resolv)):
-        with open(where / name, "wb") as f:
-            f.write(data)
+    return hosts, hostname.encode() + b"\n", resolv
 
 
 def _read_host(path: str) -> bytes:
@@ -460,10 +456,13 @@ def _read_host(path: str) -> bytes:
 class _Container:
     """What PID 1 does between fork and exec; every method runs in the child."""
 
-    def __init__(self, request: ExecRequest, root: str, etc: str, cgroup_fds: tuple[int, ...], rootless: bool) -> None:
+    def __init__(
+        self, request: ExecRequest, where: str, etc: tuple[bytes, ...], cgroup_fds: tuple[int, ...], rootless: bool
+    ) -> None:
         self.request = request
         self.rootless = rootless
-        self.root = root
+        self.root = os.path.join(where, "root")  # mount points: empty directories of the sandbox,
+        self.etc_dir = os.path.join(where, "etc")  # each run's mounts private to its own namespace
         self.etc = etc
         self.cgroup_fds = cgroup_fds
         self.stdio: tuple[int, int, int] = (0, 1, 2)
@@ -511,7 +510,15 @@ class _Container:
         # are the host's nodes, bound: /dev itself is nodev, so that a node the
         # command makes (it keeps CAP_MKNOD, as in Docker) opens nothing.
         devices = [linux.open_tree(f"/dev/{name}") for name in _DEVICES]
-        etc = [linux.open_tree(os.path.join(self.etc, name)) for name in _ETC_FILES]
+        # The container's own /etc files, on a tmpfs of its own: written by no one else, gone with it.
+        linux.mount("tmpfs", self.etc_dir, "tmpfs", _NOEXEC_FLAGS, "mode=755,size=1m")
+        etc = []
+        for name, data in zip(_ETC_FILES, self.etc):
+            path = os.path.join(self.etc_dir, name)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+            os.write(fd, data)
+            os.close(fd)
+            etc.append(linux.open_tree(path))
         binds = []
         for bind in request.binds:
             fd = linux.open_tree(bind.source, recursive=True)
@@ -678,11 +685,12 @@ def _default_signals() -> None:
     ignores SIGPIPE, nor what the builder's caller ignored (nohup, a background job) or blocked."""
     with open("/proc/self/status", "rb") as f:  # the container's /proc: PID 1's own, the kernel's view
         ignored = int(next(line for line in f if line.startswith(b"SigIgn:")).split()[1], 16)
-    for signo in signal.valid_signals():
-        if signo in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        if ignored >> (signo - 1) & 1 or signal.getsignal(signo) not in (signal.SIG_DFL, None):
-            signal.signal(signo, signal.SIG_DFL)  # Python's handlers die with exec anyway; ignored ones would not
+    signo = 1
+    while ignored:  # exec resets handled signals, not ignored ones
+        if ignored & 1:
+            signal.signal(signo, signal.SIG_DFL)
+        ignored >>= 1
+        signo += 1
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
