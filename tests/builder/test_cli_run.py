@@ -6,6 +6,7 @@ Images come from the session store of tests/builder/conftest.py (`busybox`,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import select
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,22 @@ def pybuild_run(
     out = subprocess.CompletedProcess(result.args, result.returncode, result.stdout.decode(), result.stderr.decode())
     assert "Traceback" not in out.stderr, out.stderr
     return out
+
+
+@contextlib.contextmanager
+def running(store_root: Path, script: str) -> Iterator[subprocess.Popen[bytes]]:
+    """`pybuild run busybox sh -c SCRIPT` as a process, once SCRIPT has printed `ready`; killed if still there after."""
+    proc = subprocess.Popen(command(store_root, "busybox", "sh", "-c", script), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        assert select.select([proc.stdout], [], [], 30)[0], "the container never said ready"
+        assert proc.stdout.readline() == b"ready\n"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 @pytest.fixture(autouse=True)
@@ -205,40 +223,22 @@ def test_unknown_image_is_one_line(store_root: Path) -> None:
 
 def test_sigterm_is_forwarded_to_the_container(store_root: Path) -> None:
     script = 'trap "echo got-term; exit 5" TERM; echo ready; while :; do sleep 0.1; done'
-    proc = subprocess.Popen(command(store_root, "busybox", "sh", "-c", script), stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        assert select.select([proc.stdout], [], [], 30)[0], "the container never said ready"
-        assert proc.stdout.readline() == b"ready\n"
+    with running(store_root, script) as proc:
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 5, err
     assert out == b"got-term\n"
 
 
 def test_a_third_interrupt_kills_a_container_that_ignores_them(store_root: Path) -> None:
     # PID 1 without a SIGINT handler ignores it: the first two are passed on, the third kills.
-    proc = subprocess.Popen(command(store_root, "busybox", "sh", "-c", "echo ready; exec sleep 1000"),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        assert select.select([proc.stdout], [], [], 30)[0], "the container never said ready"
-        assert proc.stdout.readline() == b"ready\n"
+    with running(store_root, "echo ready; exec sleep 1000") as proc:
         for _ in range(2):
             proc.send_signal(signal.SIGINT)
             time.sleep(0.2)
             assert proc.poll() is None, "two interrupts are the container's to ignore"
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert proc.returncode == 128 + signal.SIGKILL
 
 
@@ -308,19 +308,10 @@ def test_keep_leaves_the_writable_layer(store: Store, store_root: Path) -> None:
 
 
 def test_a_killed_pybuild_run_leaves_nothing_the_next_one_keeps(store: Store, store_root: Path) -> None:
-    proc = subprocess.Popen(command(store_root, "busybox", "sh", "-c", "echo ready; exec sleep 1000"),
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)  # fmt: skip
-    try:
-        assert proc.stdout is not None
-        assert select.select([proc.stdout], [], [], 30)[0], "the container never said ready"
-        assert proc.stdout.readline() == b"ready\n"
+    with running(store_root, "echo ready; exec sleep 1000") as proc:
         assert snapshot_dirs(store) != committed_snapshot_dirs(store)  # its writable layer
         proc.kill()
         proc.communicate(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     assert snapshot_dirs(store) != committed_snapshot_dirs(store), "the SIGKILLed run could not clean up"
     assert pybuild_run(store_root, "busybox", "true").returncode == 0
     assert snapshot_dirs(store) == committed_snapshot_dirs(store), "the next run did not sweep the dead one's layer"
