@@ -54,6 +54,7 @@ from .users import UserError, resolve_user
 if TYPE_CHECKING:
     import socket
     from collections.abc import Callable
+    from typing import NoReturn
 
     from store.snapshots import Mount
 
@@ -89,7 +90,9 @@ def default_state_root() -> Path:
 class NamespaceSandbox:
     """See the module docstring and builder.sandbox."""
 
-    def __init__(self, state_root: str | os.PathLike[str] | None = None) -> None:
+    def __init__(self, state_root: str | os.PathLike[str] | None = None, *, prefork: bool = True) -> None:
+        """`prefork`: fork each run's PID 1 ahead, while the run before it runs (see `_Warm`); worth it
+        for a sandbox that runs many commands (a build), not for one (`pybuild run`)."""
         self.state_root = Path(state_root) if state_root is not None else default_state_root()
         self.rootless = os.geteuid() != 0
         os.makedirs(self.state_root, mode=0o700, exist_ok=True)
@@ -103,6 +106,9 @@ class NamespaceSandbox:
         os.mkdir(self._dir / "root", 0o755)
         os.mkdir(self._dir / "etc", 0o755)
         self._pidns = None if self.rootless else os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        self._prefork_wanted = prefork and not self.rootless
+        self._warm: _Warm | None = None
+        self._warm_lock = threading.Lock()
         self.warnings: tuple[str, ...] = ()
         if self.rootless and not subordinate_ids_available():
             self.warnings = (
@@ -114,6 +120,10 @@ class NamespaceSandbox:
 
     def close(self) -> None:
         """Remove this sandbox's state directory; runs must have ended."""
+        with self._warm_lock:
+            warm, self._warm = self._warm, None
+        if warm is not None:
+            warm.discard()
         if self._pidns is not None:
             os.close(self._pidns)
             self._pidns = None
@@ -241,7 +251,6 @@ class NamespaceSandbox:
             import socket
 
             pty_socket, container.pty_socket = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        life_r, life_w = os.pipe2(os.O_CLOEXEC)  # PID 1 sees EOF on life_r once the parent is gone
         pipes: dict[int, int] = {}  # read end -> 1 or 2
         child_ends = []
         stdio = [request.stdin, request.stdout, request.stderr]
@@ -257,20 +266,29 @@ class NamespaceSandbox:
         container.stdio = tuple(stdio)  # type: ignore[assignment]
         started = time.monotonic()
         forward = _SignalForwarder(forward_signals)
+        life_r = life_w = -1  # PID 1 sees EOF on life_r once the parent is gone
         try:
-            pid = self._fork(container, report_w, life_r, life_w)
+            warm = self._take_warm(request.network)
+            if warm is not None and warm.hand_over(container, report_w):
+                pid, life_w = warm.pid, warm.life_w
+            else:
+                life_r, life_w = os.pipe2(os.O_CLOEXEC)
+                pid = self._fork(container, report_w, life_r, life_w)
         except BaseException:
             forward.restore()
             for fd in (report_r, report_w, life_r, life_w, *pipes, *child_ends):
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             raise
         finally:
             if cgroup is not None:
                 cgroup.close_fds()
         for fd in (report_w, life_r, *child_ends):
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
         if container.pty_socket is not None:
             container.pty_socket.close()
+        self._prefork(request.network)  # the next run's PID 1, while this one runs
         try:
             status, rusage, timed_out, report = _supervise(
                 pid, report_r, pipes, on_output, pty_socket, on_pty, request.timeout, started, forward
@@ -309,6 +327,24 @@ class NamespaceSandbox:
             warnings=tuple(warnings),
             error=exec_error,
         )
+
+    def _take_warm(self, network: str) -> _Warm | None:
+        with self._warm_lock:
+            warm, self._warm = self._warm, None
+        if warm is not None and warm.network != network:
+            warm.discard()
+            return None
+        return warm
+
+    def _prefork(self, network: str) -> None:
+        # Only from the main thread: PR_SET_PDEATHSIG fires when the forking *thread* ends,
+        # and a waiting PID 1 must outlive the run that forked it.
+        if not self._prefork_wanted or self._lock is None or threading.current_thread() is not threading.main_thread():
+            return
+        with self._warm_lock:
+            if self._warm is None:
+                assert self._pidns is not None
+                self._warm = _Warm.fork(network, self._pidns)
 
     def _fork(self, container: _Container, report_w: int, life_r: int, life_w: int) -> int:
         if self.rootless:
@@ -453,6 +489,100 @@ def _read_host(path: str) -> bytes:
         return b""
 
 
+class _Warm:
+    """A PID 1 forked ahead of its run (as root): namespaces made but the cgroup one, waiting for the rest.
+
+    Forking and making namespaces are the dearest part of a run; a sandbox
+    that runs many commands does them for the next run while the current
+    one runs. The run hands over what it is (pickled) and its descriptors
+    (stdio, report pipe, cgroup join fds) on a socket; a sandbox closed
+    with one waiting discards it. It is single-use, and forked for one
+    network mode: a run wanting the other gets a fresh fork.
+    """
+
+    def __init__(self, pid: int, control: socket.socket, life_w: int, network: str) -> None:
+        self.pid, self.control, self.life_w, self.network = pid, control, life_w, network
+
+    @classmethod
+    def fork(cls, network: str, pidns: int) -> _Warm:
+        import pickle  # noqa: F401 - imported here so that the child finds it loaded
+        import socket
+
+        control, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        life_r, life_w = os.pipe2(os.O_CLOEXEC)
+        linux.unshare(linux.CLONE_NEWPID)
+        try:
+            pid = os.fork()
+        except BaseException:
+            linux.setns(pidns, linux.CLONE_NEWPID)
+            for fd in (life_r, life_w):
+                os.close(fd)
+            control.close()
+            child.close()
+            raise
+        if pid == 0:
+            _warm_child(child.fileno(), life_r, life_w, network)
+        linux.setns(pidns, linux.CLONE_NEWPID)
+        child.close()
+        os.close(life_r)
+        return cls(pid, control, life_w, network)
+
+    def hand_over(self, container: _Container, report_w: int) -> bool:
+        """Send the run to the waiting PID 1; False (and discarded) when it is gone."""
+        import pickle
+        import socket
+
+        fds = [report_w, *container.stdio, *container.cgroup_fds]
+        if container.pty_socket is not None:
+            fds.append(container.pty_socket.fileno())
+        spec = (container.request, container.where, container.etc, len(container.cgroup_fds), len(fds))
+        try:
+            socket.send_fds(self.control, [pickle.dumps(spec)], fds)
+        except OSError:
+            self.discard()
+            return False
+        self.control.close()
+        return True
+
+    def discard(self) -> None:
+        self.control.close()  # it sees the end of the socket, and leaves
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        os.close(self.life_w)
+
+
+def _warm_child(control: int, life_r: int, life_w: int, network: str) -> NoReturn:
+    report_w = -1
+    try:
+        os.close(life_w)
+        linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if select.select([life_r], [], [], 0)[0]:
+            os._exit(1)  # the parent died before PDEATHSIG was set
+        _close_all_but({control, life_r})
+        linux.unshare(_NAMESPACES & ~linux.CLONE_NEWCGROUP | (linux.CLONE_NEWNET if network == "none" else 0))
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        import pickle
+        import socket
+
+        with socket.socket(fileno=control) as sock:
+            message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 64)
+        if not message:
+            os._exit(0)  # discarded
+        request, where, etc, cgroups, count = pickle.loads(message)
+        report_w = fds[0]
+        container = _Container(request, where, etc, tuple(fds[4 : 4 + cgroups]), rootless=False)
+        container.stdio = (fds[1], fds[2], fds[3])
+        if count > 4 + cgroups:
+            container.pty_socket = socket.socket(fileno=fds[4 + cgroups])
+        container.resume(report_w, life_r)
+    except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
+        if report_w >= 0:
+            _report(report_w, _describe(exc))
+    os._exit(127)
+
+
 class _Container:
     """What PID 1 does between fork and exec; every method runs in the child."""
 
@@ -461,6 +591,7 @@ class _Container:
     ) -> None:
         self.request = request
         self.rootless = rootless
+        self.where = where
         self.root = os.path.join(where, "root")  # mount points: empty directories of the sandbox,
         self.etc_dir = os.path.join(where, "etc")  # each run's mounts private to its own namespace
         self.etc = etc
@@ -470,13 +601,24 @@ class _Container:
         self.stubs: list[str] = []
         self.pivoted = False
 
-    def start(self, report_w: int, life_r: int, life_w: int, *, namespaces: int) -> None:
-        code = 127
+    def start(self, report_w: int, life_r: int, life_w: int, *, namespaces: int) -> NoReturn:
+        """In a freshly forked PID 1: make the namespaces, set up, exec."""
         try:
             os.close(life_w)
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
             if select.select([life_r], [], [], 0)[0]:
                 os._exit(1)  # the parent died before PDEATHSIG was set
+        except BaseException:  # noqa: BLE001 - nothing may escape a forked child
+            os._exit(127)
+        self._to_exec(report_w, life_r, namespaces, prepared=False)
+
+    def resume(self, report_w: int, life_r: int) -> NoReturn:
+        """In a PID 1 forked ahead (`_Warm`), its other namespaces made: the cgroup one, set up, exec."""
+        self._to_exec(report_w, life_r, linux.CLONE_NEWCGROUP, prepared=True)
+
+    def _to_exec(self, report_w: int, life_r: int, namespaces: int, *, prepared: bool) -> NoReturn:
+        code = 127
+        try:
             # The builder's own descriptors (the store's files, directories) must not be
             # reachable from the container, through /proc/self/fd, even before exec.
             keep = {report_w, life_r, *self.stdio, *self.cgroup_fds}
@@ -484,7 +626,7 @@ class _Container:
                 keep.add(self.pty_socket.fileno())
             _close_all_but(keep)
             try:
-                self._setup(namespaces)
+                self._setup(namespaces, prepared=prepared)
             finally:  # what was made goes, even when the set-up fails half-way
                 os.write(report_w, b"stubs\0" + "\0".join(self.stubs).encode() + b"\n")
             self._exec()
@@ -495,13 +637,16 @@ class _Container:
             _report(report_w, _describe(exc))
         os._exit(code)
 
-    def _setup(self, namespaces: int) -> None:
+    def _setup(self, namespaces: int, *, prepared: bool) -> None:
         request = self.request
-        for fd in self.cgroup_fds:
+        for fd in self.cgroup_fds:  # before the cgroup namespace, whose root it becomes
             os.write(fd, b"0")
             os.close(fd)
-        linux.unshare(namespaces | (linux.CLONE_NEWNET if request.network == "none" else 0))
-        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        if prepared:
+            linux.unshare(namespaces)
+        else:
+            linux.unshare(namespaces | (linux.CLONE_NEWNET if request.network == "none" else 0))
+            linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         linux.sethostname(request.hostname or "pybuild")
         stdin, stdout, stderr = self.stdio
         for target, fd in ((0, stdin), (1, stdout), (2, stderr)):

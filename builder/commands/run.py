@@ -54,7 +54,7 @@ def run(args: dict[str, object], console: Console) -> int:
         raise UsageError(f"image {args['image']} has no ENTRYPOINT or CMD: give a command to run")
     env = _environment(config.env, args["env"])  # type: ignore[arg-type]
     tty = bool(args["tty"])
-    with NamespaceSandbox() as sandbox:
+    with NamespaceSandbox(prefork=False) as sandbox:  # one run: nothing to fork ahead for
         store.sweep_snapshots()  # what containers of killed `pybuild run`s left
         rootfs = store.checkout(image, prefix="run")
         try:

@@ -703,3 +703,68 @@ def test_many_runs_leave_nothing_behind(store: Store, tmp_path: Path) -> None:
     assert sandbox_dirs(state) == []
     assert snapshot_dirs(store) == committed
     assert elapsed < 30, f"200 runs took {elapsed:.1f}s"
+
+
+# ---------------------------------------------------------------------------- forking ahead
+
+
+def test_runs_forked_ahead_are_as_isolated_and_leave_nothing(store: Store, tmp_path: Path) -> None:
+    """Each run's PID 1 is forked during the run before; a change of network mode forks afresh."""
+    before = children()
+    with NamespaceSandbox(state_root=tmp_path / "state") as sandbox:
+        outputs = []
+        for network in ("none", "none", "host", "host", "none"):
+            rootfs = store.checkout("busybox")
+            try:
+                out: list[bytes] = []
+                script = sh("echo $$; tail -n +3 /proc/net/dev | cut -d: -f1")
+                request = ExecRequest(argv=script, rootfs=rootfs.mounts, network=network, hostname=f"box-{network}")
+                result = sandbox.run(request, on_output=lambda fd, data, out=out: out.append(data))
+            finally:
+                rootfs.remove()
+            assert result.ok, result
+            pid, *interfaces = b"".join(out).decode().split()
+            outputs.append((network, pid, interfaces))
+            assert len(children()) == len(before) + 1, "one PID 1 waits for the next run"
+        for network, pid, interfaces in outputs:
+            assert pid == "1"
+            assert (interfaces == ["lo"]) == (network == "none"), (network, interfaces)
+    assert children() == before, "close() left the waiting PID 1 behind"
+
+
+def test_a_run_from_another_thread_does_not_leave_a_doomed_pid_1(store: Store, tmp_path: Path) -> None:
+    # PR_SET_PDEATHSIG fires when the forking *thread* ends: a PID 1 forked ahead by a worker thread
+    # would be killed, mid-run, when that thread ends. Forking ahead happens in the main thread only.
+    with NamespaceSandbox(state_root=tmp_path / "state") as sandbox:
+        results = []
+        done = threading.Event()
+
+        def run_once(argv: tuple[str, ...]) -> None:
+            rootfs = store.checkout("busybox")
+            try:
+                results.append(sandbox.run(ExecRequest(argv=argv, rootfs=rootfs.mounts)))
+            finally:
+                rootfs.remove()
+
+        def worker() -> None:
+            run_once(("true",))
+            done.set()
+            time.sleep(0.3)  # ends while the main thread's run is under way
+
+        thread = threading.Thread(target=worker)
+        thread.start()
+        done.wait(30)
+        run_once(("sleep", "0.6"))
+        thread.join()
+    assert [r.status for r in results] == [0, 0], results
+
+
+def test_no_forking_ahead_when_asked(store: Store, tmp_path: Path) -> None:
+    before = children()
+    with NamespaceSandbox(state_root=tmp_path / "state", prefork=False) as sandbox:
+        rootfs = store.checkout("busybox")
+        try:
+            assert sandbox.run(ExecRequest(argv=("true",), rootfs=rootfs.mounts)).ok
+        finally:
+            rootfs.remove()
+        assert children() == before
