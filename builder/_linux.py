@@ -23,6 +23,7 @@ __all__ = [
     "MOUNT_ATTR_NOSUID",
     "MOUNT_ATTR_RDONLY",
     "MS_BIND",
+    "MS_MOVE",
     "MS_NODEV",
     "MS_NOEXEC",
     "MS_NOSUID",
@@ -62,6 +63,7 @@ MS_NODEV = 4
 MS_NOEXEC = 8
 MS_REMOUNT = 32
 MS_BIND = 4096
+MS_MOVE = 8192
 MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2

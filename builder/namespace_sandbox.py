@@ -104,7 +104,7 @@ class NamespaceSandbox:
         self._lock = os.open(self._dir / "lock", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         os.mkdir(self._dir / "root", 0o755)
-        os.mkdir(self._dir / "etc", 0o755)
+        os.mkdir(self._dir / "stage", 0o755)
         self._pidns = None if self.rootless else os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self._prefork_wanted = prefork and not self.rootless
         self._warm: _Warm | None = None
@@ -344,7 +344,7 @@ class NamespaceSandbox:
         with self._warm_lock:
             if self._warm is None:
                 assert self._pidns is not None
-                self._warm = _Warm.fork(network, self._pidns)
+                self._warm = _Warm.fork(network, self._pidns, str(self._dir))
 
     def _fork(self, container: _Container, report_w: int, life_r: int, life_w: int) -> int:
         if self.rootless:
@@ -504,7 +504,7 @@ class _Warm:
         self.pid, self.control, self.life_w, self.network = pid, control, life_w, network
 
     @classmethod
-    def fork(cls, network: str, pidns: int) -> _Warm:
+    def fork(cls, network: str, pidns: int, where: str) -> _Warm:
         import pickle  # noqa: F401 - imported here so that the child finds it loaded
         import socket
 
@@ -521,7 +521,7 @@ class _Warm:
             child.close()
             raise
         if pid == 0:
-            _warm_child(child.fileno(), life_r, life_w, network)
+            _warm_child(child.fileno(), life_r, life_w, network, where)
         linux.setns(pidns, linux.CLONE_NEWPID)
         child.close()
         os.close(life_r)
@@ -553,7 +553,7 @@ class _Warm:
         os.close(self.life_w)
 
 
-def _warm_child(control: int, life_r: int, life_w: int, network: str) -> NoReturn:
+def _warm_child(control: int, life_r: int, life_w: int, network: str, where: str) -> NoReturn:
     report_w = -1
     try:
         os.close(life_w)
@@ -563,6 +563,7 @@ def _warm_child(control: int, life_r: int, life_w: int, network: str) -> NoRetur
         _close_all_but({control, life_r})
         linux.unshare(_NAMESPACES & ~linux.CLONE_NEWCGROUP | (linux.CLONE_NEWNET if network == "none" else 0))
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        _stage(os.path.join(where, "stage"), network)
         import pickle
         import socket
 
@@ -570,7 +571,7 @@ def _warm_child(control: int, life_r: int, life_w: int, network: str) -> NoRetur
             message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 64)
         if not message:
             os._exit(0)  # discarded
-        request, where, etc, cgroups, count = pickle.loads(message)
+        request, _, etc, cgroups, count = pickle.loads(message)
         report_w = fds[0]
         container = _Container(request, where, etc, tuple(fds[4 : 4 + cgroups]), rootless=False)
         container.stdio = (fds[1], fds[2], fds[3])
@@ -593,7 +594,7 @@ class _Container:
         self.rootless = rootless
         self.where = where
         self.root = os.path.join(where, "root")  # mount points: empty directories of the sandbox,
-        self.etc_dir = os.path.join(where, "etc")  # each run's mounts private to its own namespace
+        self.stage = os.path.join(where, "stage")  # each run's mounts private to its own namespace
         self.etc = etc
         self.cgroup_fds = cgroup_fds
         self.stdio: tuple[int, int, int] = (0, 1, 2)
@@ -647,44 +648,36 @@ class _Container:
         else:
             linux.unshare(namespaces | (linux.CLONE_NEWNET if request.network == "none" else 0))
             linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+            _stage(self.stage, request.network)
         linux.sethostname(request.hostname or "pybuild")
         stdin, stdout, stderr = self.stdio
         for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
             os.dup2(fd, target)
-        # Host-side sources, taken before pivot_root hides the host. The devices
-        # are the host's nodes, bound: /dev itself is nodev, so that a node the
-        # command makes (it keeps CAP_MKNOD, as in Docker) opens nothing.
-        devices = [linux.open_tree(f"/dev/{name}") for name in _DEVICES]
-        # The container's own /etc files, on a tmpfs of its own: written by no one else, gone with it.
-        linux.mount("tmpfs", self.etc_dir, "tmpfs", _NOEXEC_FLAGS, "mode=755,size=1m")
+        # Host-side sources, taken before pivot_root hides the host: the container's
+        # own /etc files (on the staging tmpfs: no one else writes them, gone with it)...
         etc = []
         for name, data in zip(_ETC_FILES, self.etc):
-            path = os.path.join(self.etc_dir, name)
+            path = os.path.join(self.stage, "etc", name)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
             os.write(fd, data)
             os.close(fd)
             etc.append(linux.open_tree(path))
-        binds = []
+        binds = []  # ...and the volumes: nodev, read-only all the way down when asked (a remount would not recurse)
         for bind in request.binds:
             fd = linux.open_tree(bind.source, recursive=True)
-            binds.append(fd)  # nodev, and read-only all the way down when asked (a remount would not recurse)
+            binds.append(fd)
             linux.mount_setattr(fd, linux.MOUNT_ATTR_NODEV | (linux.MOUNT_ATTR_RDONLY if bind.readonly else 0))
         _mount_rootfs(request.rootfs, self.root)
         os.chdir(self.root)
-        # Before pivot_root: unprivileged, the kernel lets a user namespace mount
-        # proc and sysfs only while a full view of them is still in its mount table.
-        self._stub("/proc", directory=True)
-        _mount_here("proc", "proc", "proc", _NOEXEC_FLAGS)
-        self._stub("/sys", directory=True)
-        try:
-            _mount_here("sysfs", "sys", "sysfs", _NOEXEC_FLAGS | linux.MS_RDONLY)
-        except PermissionError:
-            pass  # unprivileged with the host's network: sysfs is the host's; /sys stays empty
+        for name in ("proc", "sys", "dev"):  # staged mounts move in, onto directories of the root
+            staged = os.path.join(self.stage, name)
+            if os.path.ismount(staged):  # sysfs may be missing (unprivileged, the host's network)
+                self._stub("/" + name, directory=True)
+                _move_here(staged, name)
         linux.pivot_root(".", ".")
         linux.umount(".", linux.MNT_DETACH)
         os.chdir("/")
         self.pivoted = True
-        self._proc_dev_sys(devices)
         for path, fd in zip(_STUB_FILES, etc):
             self._stub(path, directory=False)
             linux.move_mount(fd, path)
@@ -693,39 +686,6 @@ class _Container:
             self._stub(bind.target, directory=stat.S_ISDIR(os.fstat(fd).st_mode))
             linux.move_mount(fd, bind.target)
             os.close(fd)
-        if request.network == "none":
-            _loopback_up()
-
-    def _proc_dev_sys(self, devices: list[int]) -> None:
-        self._stub("/dev", directory=True)
-        linux.mount("tmpfs", "/dev", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=755,size=65536k")
-        for name, fd in zip(_DEVICES, devices):
-            os.close(os.open(f"/dev/{name}", os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
-            linux.move_mount(fd, f"/dev/{name}")
-            os.close(fd)
-        os.mkdir("/dev/pts", 0o755)
-        options = "newinstance,ptmxmode=0666,mode=0620"
-        try:
-            linux.mount("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, options + ",gid=5")
-        except OSError as exc:  # unprivileged with a single mapped id: group tty (5) does not exist
-            if exc.errno != errno.EINVAL:
-                raise
-            linux.mount("devpts", "/dev/pts", "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, options)
-        os.mkdir("/dev/shm", 0o1777)
-        linux.mount("shm", "/dev/shm", "tmpfs", _NOEXEC_FLAGS, "mode=1777,size=65536k")
-        for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
-            os.symlink(target, f"/dev/{link}")
-        for path in _MASKED:
-            with contextlib.suppress(FileNotFoundError):
-                if os.path.isdir(path):
-                    linux.mount("tmpfs", path, "tmpfs", linux.MS_RDONLY, "size=0")
-                else:
-                    linux.mount("/dev/null", path, None, linux.MS_BIND)
-        for path in _READONLY:
-            with contextlib.suppress(FileNotFoundError):
-                linux.mount(path, path, None, linux.MS_BIND | linux.MS_REC)
-                linux.mount(None, path, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_REC)
 
     def _stub(self, path: str, *, directory: bool) -> None:
         """Make sure the mount point `path` exists in the container, noting what was created for removal after.
@@ -847,11 +807,65 @@ def _close_all_but(keep: set[int]) -> None:
     os.closerange(low, 1 << 20)  # close_range(2): one system call whatever the bound
 
 
-def _mount_here(source: str, name: str, fstype: str, flags: int) -> None:
-    """Mount on directory `name` of the cwd without following a symbolic link there (the image's)."""
+def _stage(stage: str, network: str) -> None:
+    """Mount what every container gets on the empty directory `stage`, ready to move under a root.
+
+    /proc (the kernel's sensitive files masked, /proc/sys and others
+    read-only), /sys (read-only), a minimal /dev (the host's nodes bound on a
+    nodev tmpfs: a node the command makes, with the CAP_MKNOD it keeps as in
+    Docker, opens nothing; pts; shm), a directory for the /etc files; and
+    the loopback interface up. None of it depends on the command, so a PID 1
+    forked ahead does it before its run is known. Done before pivot_root:
+    unprivileged, the kernel lets a user namespace mount proc and sysfs only
+    while a full view of them is still in its mount table.
+    """
+    linux.mount("tmpfs", stage, "tmpfs", _NOEXEC_FLAGS, "mode=755,size=1m")
+    for name in ("proc", "sys", "dev", "etc"):
+        os.mkdir(os.path.join(stage, name), 0o755)
+    proc = os.path.join(stage, "proc")
+    linux.mount("proc", proc, "proc", _NOEXEC_FLAGS)
+    for path in _MASKED:
+        target = stage + path
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.isdir(target):
+                linux.mount("tmpfs", target, "tmpfs", linux.MS_RDONLY, "size=0")
+            else:
+                linux.mount("/dev/null", target, None, linux.MS_BIND)
+    for path in _READONLY:
+        target = stage + path
+        with contextlib.suppress(FileNotFoundError):
+            linux.mount(target, target, None, linux.MS_BIND | linux.MS_REC)
+            linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY | linux.MS_REC)
+    with contextlib.suppress(PermissionError):  # unprivileged with the host's network: sysfs is the host's
+        linux.mount("sysfs", os.path.join(stage, "sys"), "sysfs", _NOEXEC_FLAGS | linux.MS_RDONLY)
+    dev = os.path.join(stage, "dev")
+    linux.mount("tmpfs", dev, "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=755,size=65536k")
+    for name in _DEVICES:
+        node = os.path.join(dev, name)
+        os.close(os.open(node, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+        linux.mount(f"/dev/{name}", node, None, linux.MS_BIND)
+    os.mkdir(os.path.join(dev, "pts"), 0o755)
+    options = "newinstance,ptmxmode=0666,mode=0620"
+    try:
+        linux.mount("devpts", os.path.join(dev, "pts"), "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, options + ",gid=5")
+    except OSError as exc:  # unprivileged with a single mapped id: group tty (5) does not exist
+        if exc.errno != errno.EINVAL:
+            raise
+        linux.mount("devpts", os.path.join(dev, "pts"), "devpts", linux.MS_NOSUID | linux.MS_NOEXEC, options)
+    os.mkdir(os.path.join(dev, "shm"), 0o1777)
+    linux.mount("shm", os.path.join(dev, "shm"), "tmpfs", _NOEXEC_FLAGS, "mode=1777,size=65536k")
+    for link, target in (("ptmx", "pts/ptmx"), ("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):  # fmt: skip
+        os.symlink(target, os.path.join(dev, link))
+    if network == "none":
+        _loopback_up()
+
+
+def _move_here(source: str, name: str) -> None:
+    """Move the mount at `source` onto directory `name` of the cwd, without following a symbolic link there."""
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        linux.mount(source, f"/proc/self/fd/{fd}", fstype, flags)
+        linux.mount(source, f"/proc/self/fd/{fd}", None, linux.MS_MOVE)
     finally:
         os.close(fd)
 
