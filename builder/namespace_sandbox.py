@@ -748,7 +748,6 @@ class _Container:
             inside = False
         if not inside:
             raise _ExecFailed(f"working directory {request.cwd}: refused, it leads outside the container", 125)
-        linux.drop_bounding_set(_DEFAULT_CAPS, linux.last_cap())
         if creds.uid != 0 or creds.gid != 0 or len(creds.groups) > 1:
             try:
                 os.setgroups(list(creds.groups))
@@ -761,7 +760,6 @@ class _Container:
         if creds.uid == 0:
             linux.capset(_DEFAULT_CAPS, _DEFAULT_CAPS, 0)
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
-        _default_signals()
         os.umask(0o022)  # Docker's, whatever the builder's own
         linux.cloexec_from(3)
         argv = list(request.argv)
@@ -813,8 +811,9 @@ def _stage(stage: str, network: str) -> None:
     /proc (the kernel's sensitive files masked, /proc/sys and others
     read-only), /sys (read-only), a minimal /dev (the host's nodes bound on a
     nodev tmpfs: a node the command makes, with the CAP_MKNOD it keeps as in
-    Docker, opens nothing; pts; shm), a directory for the /etc files; and
-    the loopback interface up. None of it depends on the command, so a PID 1
+    Docker, opens nothing; pts; shm), a directory for the /etc files; the
+    loopback interface up; the capability bounding set and the signal
+    actions as the command gets them. None of it depends on the command, so a PID 1
     forked ahead does it before its run is known. Done before pivot_root:
     unprivileged, the kernel lets a user namespace mount proc and sysfs only
     while a full view of them is still in its mount table.
@@ -859,6 +858,8 @@ def _stage(stage: str, network: str) -> None:
         os.symlink(target, os.path.join(dev, link))
     if network == "none":
         _loopback_up()
+    linux.drop_bounding_set(_DEFAULT_CAPS, linux.last_cap())  # what exec may grant: Docker's set at most
+    _default_signals()
 
 
 def _move_here(source: str, name: str) -> None:
