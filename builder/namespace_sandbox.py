@@ -31,7 +31,9 @@ free). Mounts never outlive their namespace, so none can be left on the host.
 
 from __future__ import annotations
 
+import collections
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import os
@@ -48,6 +50,7 @@ from typing import TYPE_CHECKING
 
 from . import _linux as linux
 from .errors import SandboxError
+from .mountpoints import remove_stubs, with_stub_layer
 from .sandbox import DEFAULT_PATH, ExecRequest, ExecResult
 from .users import UserError, resolve_user
 
@@ -74,7 +77,6 @@ _HOST_NAME_MAX = 64
 _CGROUPS = "cgroups"  # in a sandbox's directory: the names of the cgroups it made
 _CGROUPS_PENDING = ".cgroups-pending"  # in the state root: dead sandboxes' cgroups still to remove
 _PAGE = 4096
-_OPAQUE = frozenset({"trusted.overlay.opaque", "user.overlay.opaque"})
 _NOEXEC_FLAGS = linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC
 
 
@@ -105,6 +107,7 @@ class NamespaceSandbox:
         fcntl.flock(self._lock, fcntl.LOCK_EX)
         os.mkdir(self._dir / "root", 0o755)
         os.mkdir(self._dir / "stage", 0o755)
+        os.mkdir(self._dir / "stubs", 0o755)
         self._pidns = None if self.rootless else os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self._prefork_wanted = prefork and not self.rootless
         self._warm: _Warm | None = None
@@ -229,6 +232,9 @@ class NamespaceSandbox:
                 warnings.extend(cgroup.warnings)
             joins = cgroup.join_fds() if cgroup else ()
             etc = _etc_files(hostname, request.network)
+            rootfs = with_stub_layer(request.rootfs, str(self._dir / "stubs"))
+            if rootfs != request.rootfs:
+                request = dataclasses.replace(request, rootfs=rootfs)
             container = _Container(request, str(self._dir), etc, joins, self.rootless)
             return self._run(container, cgroup, on_output, on_pty, forward_signals, warnings)
         finally:
@@ -302,7 +308,7 @@ class NamespaceSandbox:
             os.close(report_r)
         duration = time.monotonic() - started
         stubs, error, exec_error = _parse_report(report)
-        _remove_stubs(request.rootfs, stubs)
+        remove_stubs(request.rootfs, stubs)
         if error is not None:
             raise SandboxError(error)
         oom = cgroup.oom_killed() if cgroup is not None else False
@@ -893,20 +899,22 @@ def _mount_rootfs(mounts: tuple[Mount, ...], target: str) -> None:
 
 
 def _compact(options: tuple[str, ...]) -> str:
-    """Options with lower/upper/work dirs relative to their common parent, which becomes the cwd.
+    """Options with the lower/upper/work dirs under the snapshots directory made relative to it, the cwd.
 
     A mount's options must fit in a page; with snapshot ids of 16 hex digits a
-    relative lower dir costs 20 bytes, so about 200 layers fit.
+    relative lower dir costs 20 bytes, so about 200 layers fit. Directories
+    elsewhere (the sandbox's stub layer) stay absolute.
     """
     paths = [o.split("=", 1)[1] for o in options if o.startswith(("lowerdir=", "upperdir=", "workdir="))]
     dirs = [p for value in paths for p in value.split(":")]
-    common = os.path.commonpath(dirs)
-    os.chdir(common)
+    # <store>/snapshots/<id>/fs: the directory most of them are two levels under
+    base = collections.Counter(os.path.dirname(os.path.dirname(p)) for p in dirs).most_common(1)[0][0]
+    os.chdir(base)
     out = []
     for option in options:
         key, _, value = option.partition("=")
         if key in ("lowerdir", "upperdir", "workdir"):
-            value = ":".join(os.path.relpath(p, common) for p in value.split(":"))
+            value = ":".join(os.path.relpath(p, base) if p.startswith(base + "/") else p for p in value.split(":"))
             option = f"{key}={value}"
         out.append(option)
     data = ",".join(out)
@@ -1080,67 +1088,3 @@ class _SignalForwarder:
         for signo, handler in self._saved.items():
             signal.signal(signo, handler)  # type: ignore[arg-type]
         self._saved.clear()
-
-
-def _remove_stubs(rootfs: tuple[Mount, ...], stubs: list[str]) -> None:
-    """Take the mount points the container needed out of its upper directory again.
-
-    A stub goes when still empty; then each directory above it that OverlayFS
-    copied up only to hold the stub (empty, not opaque, same owner and mode
-    as in the layer below) goes too, deepest first, so the layer does not list it.
-    """
-    if not stubs or len(rootfs) != 1:
-        return
-    mount = rootfs[0]
-    upper = mount.option("upperdir") if mount.type == "overlay" else mount.source
-    if upper is None:
-        return
-    lowers = (mount.option("lowerdir") or "").split(":") if mount.type == "overlay" else []
-    parents = {p[:i] for p in stubs for i in range(1, len(p)) if p[i] == "/"} - set(stubs)
-    for path in sorted(stubs, key=lambda p: p.count("/"), reverse=True):
-        _remove_empty(upper, path, lowers=None)
-    for path in sorted(parents, key=lambda p: p.count("/"), reverse=True):
-        _remove_empty(upper, path, lowers=lowers)
-
-
-def _remove_empty(upper: str, path: str, *, lowers: list[str] | None) -> None:
-    """Remove `path` under `upper` if an empty file or directory (with `lowers`: a directory as it is below)."""
-    parts = [p for p in path.split("/") if p]
-    try:
-        dfd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    except OSError:
-        return
-    try:
-        for part in parts[:-1]:
-            nfd = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            os.close(dfd)
-            dfd = nfd
-        st = os.stat(parts[-1], dir_fd=dfd, follow_symlinks=False)
-        if lowers is not None:
-            if not stat.S_ISDIR(st.st_mode) or not _same_below(lowers, parts, st):
-                return
-            fd = os.open(parts[-1], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
-            try:
-                if _OPAQUE.intersection(os.listxattr(fd)):
-                    return
-            finally:
-                os.close(fd)
-        if stat.S_ISDIR(st.st_mode):
-            os.rmdir(parts[-1], dir_fd=dfd)  # fails, as it should, when not empty
-        elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
-            os.unlink(parts[-1], dir_fd=dfd)
-    except OSError as exc:
-        if exc.errno not in (errno.ENOENT, errno.ENOTEMPTY, errno.ENOTDIR, errno.ELOOP):
-            raise
-    finally:
-        os.close(dfd)
-
-
-def _same_below(lowers: list[str], parts: list[str], st: os.stat_result) -> bool:
-    for lower in lowers:
-        try:
-            below = os.stat(os.path.join(lower, *parts), follow_symlinks=False)
-        except OSError:
-            continue
-        return (below.st_mode, below.st_uid, below.st_gid) == (st.st_mode, st.st_uid, st.st_gid)
-    return False
