@@ -10,8 +10,7 @@ layer of empty stubs over the image's layers (`stub_layer`): the mount
 points exist, and the upper directory only ever holds what the command did.
 
 `missing(layers)` looks the mount points up through the lower directories
-as OverlayFS would (whiteouts, opaque directories, a non-directory hiding
-what is below it). A directory the stub layer holds takes its attributes
+as OverlayFS would (store.overlay.merged_entry). A directory the stub layer holds takes its attributes
 from the image's (OverlayFS shows a merged directory with the top layer's),
 so /etc keeps its mode and owner.
 
@@ -28,6 +27,8 @@ import os
 import stat
 from typing import TYPE_CHECKING
 
+from store.overlay import merged_entry
+
 if TYPE_CHECKING:
     from store.snapshots import Mount
 
@@ -43,36 +44,7 @@ MOUNT_POINTS = (
     ("etc/hostname", False),
     ("etc/resolv.conf", False),
 )
-_OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")
-
-
-def _lookup(layers: list[str], path: str) -> os.stat_result | None:
-    """The entry `path` of the merged view of `layers` (top first), or None when there is none."""
-    parts = path.split("/")
-    for layer in layers:
-        where = layer
-        for depth, part in enumerate(parts):
-            try:
-                st = os.stat(os.path.join(where, part), follow_symlinks=False)
-            except FileNotFoundError:
-                break  # not in this layer: look below, unless the directory above was opaque
-            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-                return None  # a whiteout hides it, and everything below
-            if depth == len(parts) - 1:
-                return st
-            if not stat.S_ISDIR(st.st_mode):
-                return None  # a file or a link where a directory would be: nothing below shows
-            where = os.path.join(where, part)
-        if _opaque(os.path.join(layer, *parts[:-1])) if len(parts) > 1 else False:
-            return None
-    return None
-
-
-def _opaque(directory: str) -> bool:
-    try:
-        return any(name in _OPAQUE for name in os.listxattr(directory, follow_symlinks=False))
-    except OSError:
-        return False
+_OPAQUE = ("trusted.overlay.opaque", "user.overlay.opaque")  # what makes an upper directory hide the lower
 
 
 Wanted = tuple[tuple[str, bool, "tuple[int, int, int, int] | None"], ...]
@@ -94,15 +66,17 @@ def missing(layers: list[str]) -> Wanted:
             wanted.append((path, is_dir, None))
             absent.add(path)
             continue
-        st = _lookup(layers, path)
+        found = merged_entry(layers, path)
+        st = found[1] if found else None
         if st is None:
             wanted.append((path, is_dir, None))
             absent.add(path)
         elif is_dir and not stat.S_ISDIR(st.st_mode):
             blocked.add(path)
     if "etc" not in absent and "etc" not in blocked and any(p.startswith("etc/") for p, _, _ in wanted):
-        st = _lookup(layers, "etc")
-        assert st is not None
+        found = merged_entry(layers, "etc")
+        assert found is not None
+        st = found[1]
         wanted.insert(0, ("etc", True, (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)))
     return tuple(wanted)
 
@@ -139,17 +113,24 @@ def stub_layer(cache: str, wanted: Wanted) -> str:
     return where
 
 
-def with_stub_layer(rootfs: tuple[Mount, ...], cache: str) -> tuple[Mount, ...]:
-    """`rootfs` with a layer of the mount points it lacks laid over its lower directories (when an overlay)."""
+def with_stub_layer(rootfs: tuple[Mount, ...], cache: str, known: dict[str, str | None]) -> tuple[Mount, ...]:
+    """`rootfs` with a layer of the mount points it lacks laid over its lower directories (when an overlay).
+
+    Only the lower directories are looked at (committed snapshots, which do
+    not change: `known` remembers them): what the upper directory holds is
+    above the stub layer and wins, and a whiteout there hides a stub, which
+    the sandbox then makes inside the container.
+    """
     if len(rootfs) != 1 or rootfs[0].type != "overlay":
         return rootfs
     (mount,) = rootfs
-    lowers = (mount.option("lowerdir") or "").split(":")
-    upper = mount.option("upperdir")
-    wanted = missing([upper, *lowers] if upper else lowers)
-    if not wanted:
+    lowerdir = mount.option("lowerdir") or ""
+    if lowerdir not in known:
+        wanted = missing(lowerdir.split(":"))
+        known[lowerdir] = stub_layer(cache, wanted) if wanted else None
+    layer = known[lowerdir]
+    if layer is None:
         return rootfs
-    layer = stub_layer(cache, wanted)
     options = tuple(f"lowerdir={layer}:{o[len('lowerdir=') :]}" if o.startswith("lowerdir=") else o for o in mount.options)
     return (type(mount)(mount.type, mount.source, options),)
 

@@ -36,6 +36,7 @@ import contextlib
 import dataclasses
 import errno
 import fcntl
+import gc
 import os
 import posixpath
 import select
@@ -48,11 +49,13 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from store.overlay import merged_entry
+
 from . import _linux as linux
 from .errors import SandboxError
 from .mountpoints import remove_stubs, with_stub_layer
 from .sandbox import DEFAULT_PATH, ExecRequest, ExecResult
-from .users import UserError, resolve_user
+from .users import Credentials, UserError, resolve_user
 
 if TYPE_CHECKING:
     import socket
@@ -111,6 +114,8 @@ class NamespaceSandbox:
         self._pidns = None if self.rootless else os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self._prefork_wanted = prefork and not self.rootless
         self._warm: _Warm | None = None
+        self._stub_layers: dict[str, str | None] = {}  # lowerdir -> its stub layer
+        self._etc_texts: dict[tuple[str, int, int, int], str] = {}  # the image's passwd and group, read once
         self._warm_lock = threading.Lock()
         self.warnings: tuple[str, ...] = ()
         if self.rootless and not subordinate_ids_available():
@@ -232,10 +237,11 @@ class NamespaceSandbox:
                 warnings.extend(cgroup.warnings)
             joins = cgroup.join_fds() if cgroup else ()
             etc = _etc_files(hostname, request.network)
-            rootfs = with_stub_layer(request.rootfs, str(self._dir / "stubs"))
+            rootfs = with_stub_layer(request.rootfs, str(self._dir / "stubs"), self._stub_layers)
             if rootfs != request.rootfs:
                 request = dataclasses.replace(request, rootfs=rootfs)
             container = _Container(request, str(self._dir), etc, joins, self.rootless)
+            container.creds = self._credentials(request)
             return self._run(container, cgroup, on_output, on_pty, forward_signals, warnings)
         finally:
             if cgroup is not None:
@@ -333,6 +339,37 @@ class NamespaceSandbox:
             warnings=tuple(warnings),
             error=exec_error,
         )
+
+    def _credentials(self, request: ExecRequest) -> Credentials | None:
+        """USER resolved from /etc/passwd and /etc/group as the root's layers have them, before the fork
+        (the PID 1 forked ahead then has less to do); None leaves it to PID 1, inside the root."""
+        layers = _layers(request.rootfs)
+        etc = merged_entry(layers, "etc") if layers else None
+        if etc is None or not stat.S_ISDIR(etc[1].st_mode):
+            return None
+        texts = []
+        for name in ("etc/passwd", "etc/group"):
+            found = merged_entry(layers, name)
+            if found is None:
+                texts.append("")
+                continue
+            path, st = found
+            if not stat.S_ISREG(st.st_mode):
+                return None  # a link: followed inside the root only
+            key = (path, st.st_ino, st.st_mtime_ns, st.st_size)
+            text = self._etc_texts.get(key)
+            if text is None:
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                except OSError:
+                    return None
+                with os.fdopen(fd, "rb") as f:
+                    text = self._etc_texts[key] = f.read(4 << 20).decode("utf-8", "replace")
+            texts.append(text)
+        try:
+            return resolve_user(request.user, *texts)
+        except UserError:
+            return None  # PID 1 says so, as it would have
 
     def _take_warm(self, network: str) -> _Warm | None:
         with self._warm_lock:
@@ -541,7 +578,7 @@ class _Warm:
         fds = [report_w, *container.stdio, *container.cgroup_fds]
         if container.pty_socket is not None:
             fds.append(container.pty_socket.fileno())
-        spec = (container.request, container.where, container.etc, len(container.cgroup_fds), len(fds))
+        spec = (container.request, container.creds, container.etc, len(container.cgroup_fds), len(fds))
         try:
             socket.send_fds(self.control, [pickle.dumps(spec)], fds)
         except OSError:
@@ -560,6 +597,7 @@ class _Warm:
 
 
 def _warm_child(control: int, life_r: int, life_w: int, network: str, where: str) -> NoReturn:
+    gc.disable()  # a collection would write to every object: copy-on-write of the whole heap, for nothing
     report_w = -1
     try:
         os.close(life_w)
@@ -577,9 +615,10 @@ def _warm_child(control: int, life_r: int, life_w: int, network: str, where: str
             message, fds, _, _ = socket.recv_fds(sock, 1 << 20, 64)
         if not message:
             os._exit(0)  # discarded
-        request, _, etc, cgroups, count = pickle.loads(message)
+        request, creds, etc, cgroups, count = pickle.loads(message)
         report_w = fds[0]
         container = _Container(request, where, etc, tuple(fds[4 : 4 + cgroups]), rootless=False)
+        container.creds = creds
         container.stdio = (fds[1], fds[2], fds[3])
         if count > 4 + cgroups:
             container.pty_socket = socket.socket(fileno=fds[4 + cgroups])
@@ -607,9 +646,11 @@ class _Container:
         self.pty_socket: socket.socket | None = None
         self.stubs: list[str] = []
         self.pivoted = False
+        self.creds: Credentials | None = None  # USER resolved by the builder, from the image's layers
 
     def start(self, report_w: int, life_r: int, life_w: int, *, namespaces: int) -> NoReturn:
         """In a freshly forked PID 1: make the namespaces, set up, exec."""
+        gc.disable()  # a collection would write to every object: copy-on-write of the whole heap, for nothing
         try:
             os.close(life_w)
             linux.prctl(linux.PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -716,10 +757,12 @@ class _Container:
 
     def _exec(self) -> None:
         request = self.request
-        try:
-            creds = resolve_user(request.user, _read_etc("/etc/passwd"), _read_etc("/etc/group"))
-        except UserError as exc:
-            raise _ExecFailed(str(exc), 125) from None
+        creds = self.creds
+        if creds is None:  # the builder could not read the image's files from its layers: read them here
+            try:
+                creds = resolve_user(request.user, _read_etc("/etc/passwd"), _read_etc("/etc/group"))
+            except UserError as exc:
+                raise _ExecFailed(str(exc), 125) from None
         env = dict(_split_env(request.env))
         env.setdefault("PATH", DEFAULT_PATH)
         env.setdefault("HOSTNAME", request.hostname or "pybuild")
@@ -896,6 +939,19 @@ def _mount_rootfs(mounts: tuple[Mount, ...], target: str) -> None:
     if len(data) >= _PAGE:
         data = _compact(mount.options)
     linux.mount(mount.source, target, "overlay", linux.MS_NODEV, data)
+
+
+def _layers(rootfs: tuple[Mount, ...]) -> list[str] | None:
+    """The directories whose merged view the root is, top first; None when it is not a single mount."""
+    if len(rootfs) != 1:
+        return None
+    (mount,) = rootfs
+    if mount.type == "bind":
+        return [mount.source]
+    if mount.type != "overlay":
+        return None
+    upper = mount.option("upperdir")
+    return [*([upper] if upper else []), *(mount.option("lowerdir") or "").split(":")]
 
 
 def _compact(options: tuple[str, ...]) -> str:

@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
     from .metadata import Metadata
 
-__all__ = ["OverlaySnapshotter"]
+__all__ = ["OverlaySnapshotter", "merged_entry"]
 
 _OVERLAY_OPTIONS = ("metacopy=off", "index=off")
 
@@ -208,3 +209,41 @@ class OverlaySnapshotter:
         with contextlib.suppress(OSError):
             os.chmod(path / "work" / "work", 0o700)
         shutil.rmtree(path, ignore_errors=True)  # what stays, sweep() takes later
+
+
+def merged_entry(layers: list[str], path: str) -> tuple[str, os.stat_result] | None:
+    """What OverlayFS would show at relative `path` over layer directories `layers` (top first): the
+    entry's path in the layer that provides it, and its stat; None when there is nothing there.
+
+    A whiteout (character device 0:0) hides the name in every layer below;
+    an opaque directory hides the lower layers' entries in it; a file or a
+    link where a directory would be hides whatever is below it. The entry
+    itself is not followed when it is a link.
+    """
+    parts = path.split("/")
+    for layer in layers:
+        where, opaque = layer, False
+        for depth, part in enumerate(parts):
+            try:
+                st = os.stat(os.path.join(where, part), follow_symlinks=False)
+            except FileNotFoundError:
+                break  # not in this layer: look below, unless a directory on the way is opaque here
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                return None
+            if depth == len(parts) - 1:
+                return os.path.join(where, part), st
+            if not stat.S_ISDIR(st.st_mode):
+                return None
+            where = os.path.join(where, part)
+            opaque = opaque or _opaque(where)
+        if opaque:
+            return None
+    return None
+
+
+def _opaque(directory: str) -> bool:
+    try:
+        names = os.listxattr(directory, follow_symlinks=False)
+    except OSError:
+        return False
+    return "trusted.overlay.opaque" in names or "user.overlay.opaque" in names

@@ -92,9 +92,11 @@ def test_with_stub_layer_lays_it_over_the_lower_directories(tmp_path: Path) -> N
     image = layer(tmp_path / "l", "proc/", "dev/", "sys/", "etc/passwd")
     upper = layer(tmp_path / "u")
     rootfs = (Mount("overlay", "overlay", (f"lowerdir={image}", f"upperdir={upper}", "workdir=/w", "index=off")),)
-    (mount,) = with_stub_layer(rootfs, str(tmp_path / "cache"))
+    known: dict[str, str | None] = {}
+    (mount,) = with_stub_layer(rootfs, str(tmp_path / "cache"), known)
     stubs, below = mount.option("lowerdir").split(":")  # type: ignore[union-attr]
     assert below == image and sorted(os.listdir(Path(stubs) / "etc")) == ["hostname", "hosts", "resolv.conf"]
     assert mount.options[1:] == rootfs[0].options[1:]
+    assert known == {image: stubs} and with_stub_layer(rootfs, "/nowhere", known) == (mount,)  # looked up once
     bind = (Mount("bind", image, ("rbind", "rw")),)
-    assert with_stub_layer(bind, str(tmp_path / "cache")) == bind  # no lower directories to add one to
+    assert with_stub_layer(bind, str(tmp_path / "cache"), known) == bind  # no lower directories to add one to

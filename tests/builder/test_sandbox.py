@@ -768,3 +768,30 @@ def test_no_forking_ahead_when_asked(store: Store, tmp_path: Path) -> None:
         finally:
             rootfs.remove()
         assert children() == before
+
+
+def test_user_resolves_against_the_passwd_a_run_before_changed(store: Store, tmp_path: Path) -> None:
+    # The builder reads /etc/passwd through the layers (upper first) as OverlayFS shows it.
+    with NamespaceSandbox(state_root=tmp_path / "state") as sandbox:
+        rootfs = store.checkout("busybox")
+        try:
+            add = "echo 'app:x:1234:2345::/home/app:/bin/sh' >> /etc/passwd"
+            assert sandbox.run(ExecRequest(argv=sh(add), rootfs=rootfs.mounts)).ok
+            out: list[bytes] = []
+            result = sandbox.run(
+                ExecRequest(argv=sh("id -u; id -g; echo $HOME"), rootfs=rootfs.mounts, user="app"),
+                on_output=lambda fd, data: out.append(data),
+            )
+            assert result.ok, result
+            assert b"".join(out).split() == [b"1234", b"2345", b"/home/app"]
+            os.unlink(rootfs.upper_dir / "etc" / "passwd")
+            os.symlink("/etc/passwd.real", rootfs.upper_dir / "etc" / "passwd")  # a link: resolved inside
+            (rootfs.upper_dir / "etc" / "passwd.real").write_text("root:x:0:0::/root:/bin/sh\nlinked:x:77:77::/:/bin/sh\n")
+            out.clear()
+            result = sandbox.run(
+                ExecRequest(argv=sh("id -u"), rootfs=rootfs.mounts, user="linked"),
+                on_output=lambda fd, data: out.append(data),
+            )
+            assert result.ok and b"".join(out).split() == [b"77"], (result, out)
+        finally:
+            rootfs.remove()
