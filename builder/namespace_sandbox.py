@@ -7,7 +7,10 @@ How one run goes (`run`):
    run uses in its own mount namespace. A run makes the cgroup when limits
    are asked for, and the contents of its /etc/hosts, hostname, resolv.conf.
 2. As root, it sets its own pid-namespace-for-children to a new namespace,
-   forks (the child is PID 1 there) and sets it back: one fork. Unprivileged,
+   forks (the child is PID 1 there) and sets it back: one fork. With
+   `prefork` (the default), that PID 1 was forked during the previous run
+   and has its namespaces and the mounts every container gets ready
+   (`_Warm`, `_stage`); the run hands it the rest on a socket. Unprivileged,
    a first child makes a user namespace, the parent maps ids into it
    (newuidmap/newgidmap over /etc/subuid, else the caller's single id), and
    that child forks PID 1 into the other new namespaces.
