@@ -875,11 +875,14 @@ def _stage(stage: str, network: str) -> None:
         os.mkdir(os.path.join(stage, name), 0o755)
     proc = os.path.join(stage, "proc")
     linux.mount("proc", proc, "proc", _NOEXEC_FLAGS)
+    empty = os.path.join(stage, "empty")  # on the staging tmpfs: no filesystem of its own per masked directory
+    os.mkdir(empty, 0o555)
     for path in _MASKED:
         target = stage + path
         with contextlib.suppress(FileNotFoundError):
             if os.path.isdir(target):
-                linux.mount("tmpfs", target, "tmpfs", linux.MS_RDONLY, "size=0")
+                linux.mount(empty, target, None, linux.MS_BIND)
+                linux.mount(None, target, None, linux.MS_REMOUNT | linux.MS_BIND | linux.MS_RDONLY)
             else:
                 linux.mount("/dev/null", target, None, linux.MS_BIND)
     for path in _READONLY:

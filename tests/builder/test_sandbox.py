@@ -453,6 +453,9 @@ def test_proc_is_masked_and_read_only(run: Runner) -> None:
     assert lines[3] == "status=1"
     assert "Read-only file system" in ran.err
     assert socket.gethostname() == host_name
+    if os.path.isdir("/proc/acpi"):  # a masked directory: empty and read-only
+        acpi = run(sh("ls -A /proc/acpi | wc -l; touch /proc/acpi/x"))
+        assert acpi.out.split() == ["0"] and "Read-only file system" in acpi.err, acpi
 
 
 # ---------------------------------------------------------------------------- how it ends
