@@ -43,6 +43,7 @@ __all__ = [
     "open_tree",
     "pivot_root",
     "prctl",
+    "seccomp_filter",
     "sethostname",
     "setns",
     "umount",
@@ -77,6 +78,7 @@ _MOVE_MOUNT_F_EMPTY_PATH = 4
 PR_SET_PDEATHSIG = 1
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
+PR_SET_SECCOMP = 22
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
@@ -161,6 +163,22 @@ def sethostname(name: str) -> None:
 def inet_socket() -> int:
     """An AF_INET datagram socket's fd, for interface ioctls (without importing the socket module)."""
     return _check(_libc.socket(2, 2 | os.O_CLOEXEC, 0), "socket")  # AF_INET, SOCK_DGRAM | SOCK_CLOEXEC
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_filter(program: bytes) -> None:
+    """Install the classic BPF `program` (packed struct sock_filter) as this thread's seccomp filter.
+
+    The process must have set no_new_privs (or hold CAP_SYS_ADMIN); the filter
+    is inherited by children and kept across execve.
+    """
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = _SockFprog(len(program) // 8, ctypes.cast(buffer, ctypes.c_void_p))
+    result = _libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(2), ctypes.byref(fprog), ctypes.c_ulong(0), ctypes.c_ulong(0))
+    _check(result, "seccomp")  # 2: SECCOMP_MODE_FILTER
 
 
 def prctl(option: int, arg: int = 0) -> None:

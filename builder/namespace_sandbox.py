@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING
 from store.overlay import merged_entry
 
 from . import _linux as linux
+from . import seccomp
 from .errors import SandboxError
 from .mountpoints import remove_stubs, with_stub_layer
 from .sandbox import DEFAULT_PATH, ExecRequest, ExecResult
@@ -80,6 +81,7 @@ _READONLY = ("/proc/sys", "/proc/bus", "/proc/fs", "/proc/irq")
 _STUB_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 _ETC_FILES = ("hosts", "hostname", "resolv.conf")
 _HOST_NAME_MAX = 64
+_SECCOMP = seccomp.filter_program() if seccomp.supported() else None
 _CGROUPS = "cgroups"  # in a sandbox's directory: the names of the cgroups it made
 _CGROUPS_PENDING = ".cgroups-pending"  # in the state root: dead sandboxes' cgroups still to remove
 _PAGE = 4096
@@ -121,6 +123,8 @@ class NamespaceSandbox:
         self._etc_texts: dict[tuple[str, int, int, int], str] = {}  # the image's passwd and group, read once
         self._warm_lock = threading.Lock()
         self.warnings: tuple[str, ...] = ()
+        if _SECCOMP is None:
+            self.warnings += (f"no seccomp filter for {os.uname().machine}: containers may make every system call",)
         if self.rootless and not subordinate_ids_available():
             self.warnings = (
                 (
@@ -812,6 +816,8 @@ class _Container:
         if creds.uid == 0:
             linux.capset(_DEFAULT_CAPS, _DEFAULT_CAPS, 0)
         linux.prctl(linux.PR_SET_NO_NEW_PRIVS, 1)
+        if _SECCOMP is not None:  # last: it refuses some of what the set-up above needed
+            linux.seccomp_filter(_SECCOMP)
         os.umask(0o022)  # Docker's, whatever the builder's own
         linux.cloexec_from(3)
         argv = list(request.argv)

@@ -428,6 +428,13 @@ def test_capabilities_and_no_new_privs(run: Runner) -> None:
     nobody = status(run(("cat", "/proc/self/status"), user="nobody"))
     assert int(nobody["CapEff"], 16) == 0 and int(nobody["CapPrm"], 16) == 0
     assert nobody["NoNewPrivs"] == "1"
+    assert root["Seccomp"] == nobody["Seccomp"] == "2"  # a filter (builder.seccomp)
+
+
+def test_nested_user_namespaces_and_mounts_are_refused(run: Runner) -> None:
+    ran = run(sh("unshare -U true; echo $?; unshare -m true; echo $?"))
+    assert ran.out.split() == ["1", "1"]
+    assert ran.err.count("Operation not permitted") == 2, ran.err
 
 
 def test_host_block_devices_cannot_be_opened(run: Runner, tmp_path: Path) -> None:
