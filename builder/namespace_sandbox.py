@@ -121,6 +121,7 @@ class NamespaceSandbox:
         self._warm: _Warm | None = None
         self._stub_layers: dict[str, str | None] = {}  # lowerdir -> its stub layer
         self._etc_texts: dict[tuple[str, int, int, int], str] = {}  # the image's passwd and group, read once
+        self._lower_credentials: dict[tuple[str, str], Credentials | None] = {}  # (lowerdir, USER) ->
         self._warm_lock = threading.Lock()
         self.warnings: tuple[str, ...] = ()
         if _SECCOMP is None:
@@ -350,7 +351,18 @@ class NamespaceSandbox:
     def _credentials(self, request: ExecRequest) -> Credentials | None:
         """USER resolved from /etc/passwd and /etc/group as the root's layers have them, before the fork
         (the PID 1 forked ahead then has less to do); None leaves it to PID 1, inside the root."""
-        layers = _layers(request.rootfs)
+        (mount,) = request.rootfs if len(request.rootfs) == 1 else (None,)
+        upper = mount.option("upperdir") if mount is not None and mount.type == "overlay" else None
+        if mount is not None and upper is not None and not os.path.lexists(os.path.join(upper, "etc")):
+            # /etc as the lower directories (committed snapshots, unchanging) have it: resolved once
+            lowerdir = mount.option("lowerdir") or ""
+            key = (lowerdir, request.user)
+            if key not in self._lower_credentials:
+                self._lower_credentials[key] = self._resolve(lowerdir.split(":"), request.user)
+            return self._lower_credentials[key]
+        return self._resolve(_layers(request.rootfs), request.user)
+
+    def _resolve(self, layers: list[str] | None, user: str) -> Credentials | None:
         etc = merged_entry(layers, "etc") if layers else None
         if etc is None or not stat.S_ISDIR(etc[1].st_mode):
             return None
@@ -374,7 +386,7 @@ class NamespaceSandbox:
                     text = self._etc_texts[key] = f.read(4 << 20).decode("utf-8", "replace")
             texts.append(text)
         try:
-            return resolve_user(request.user, *texts)
+            return resolve_user(user, *texts)
         except UserError:
             return None  # PID 1 says so, as it would have
 
