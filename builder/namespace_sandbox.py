@@ -23,9 +23,11 @@ How one run goes (`run`):
    mount points it had to create, reach the parent through a close-on-exec
    pipe.
 4. The parent streams output, enforces the timeout, waits for PID 1: when it
-   exits the kernel kills every other process of the namespace and drops its
-   mounts. Then the parent removes mount stubs from the upper directory and
-   the cgroup.
+   exits the kernel kills every other process of the namespace. The parent
+   holds the container's mount namespace meanwhile, so that tearing its
+   mounts down happens after the run returns, in a thread (`_Releaser`):
+   nothing is left to use them. Then it removes mount stubs from the upper
+   directory, and the cgroup.
 
 A parent killed with SIGKILL takes PID 1 with it (PR_SET_PDEATHSIG); its
 directory and cgroups are swept by the next NamespaceSandbox (their lock is
@@ -119,6 +121,7 @@ class NamespaceSandbox:
         self._pidns = None if self.rootless else os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self._prefork_wanted = prefork and not self.rootless
         self._warm: _Warm | None = None
+        self._releaser = _Releaser()
         self._stub_layers: dict[str, str | None] = {}  # lowerdir -> its stub layer
         self._etc_texts: dict[tuple[str, int, int, int], str] = {}  # the image's passwd and group, read once
         self._lower_credentials: dict[tuple[str, str], Credentials | None] = {}  # (lowerdir, USER) ->
@@ -136,6 +139,7 @@ class NamespaceSandbox:
 
     def close(self) -> None:
         """Remove this sandbox's state directory; runs must have ended."""
+        self._releaser.drain()
         with self._warm_lock:
             warm, self._warm = self._warm, None
         if warm is not None:
@@ -311,9 +315,11 @@ class NamespaceSandbox:
         self._prefork(request.network)  # the next run's PID 1, while this one runs
         try:
             status, rusage, timed_out, report = _supervise(
-                pid, report_r, pipes, on_output, pty_socket, on_pty, request.timeout, started, forward
+                pid, report_r, pipes, on_output, pty_socket, on_pty, request.timeout, started, forward,
+                None if self.rootless else self._releaser.hold,
             )
         finally:
+            self._releaser.release()
             if pty_socket is not None:
                 pty_socket.close()
             os.close(life_w)
@@ -1066,8 +1072,12 @@ def _supervise(
     timeout: float | None,
     started: float,
     forward: _SignalForwarder,
+    hold: Callable[[int], None] | None = None,
 ) -> tuple[int, os.struct_rusage, bool, bytes]:
-    """Relay output and wait for PID 1; kill it when the timeout runs out. (status, rusage, timed out, report)."""
+    """Relay output and wait for PID 1; kill it when the timeout runs out. (status, rusage, timed out, report).
+
+    `hold`, when given, gets an fd of PID 1's mount namespace as soon as its set-up is reported done.
+    """
     pidfd = os.pidfd_open(pid)
     poller = select.poll()
     for fd in (pidfd, report_r, *pipes):
@@ -1102,6 +1112,9 @@ def _supervise(
                     poller.unregister(fd)
                     open_fds.discard(fd)
                 elif fd == report_r:
+                    if hold is not None and not report and data.startswith(b"stubs"):
+                        with contextlib.suppress(OSError):  # it may be gone already
+                            hold(os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC))
                     report += data
                 elif on_output is not None:
                     on_output(pipes[fd], data)
@@ -1131,6 +1144,55 @@ def _receive_pty(sock: socket.socket, on_pty: Callable[[int], None] | None) -> N
 def _kill(pidfd: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+
+
+class _Releaser:
+    """Drops the last reference to finished containers' mount namespaces in a thread of its own.
+
+    When PID 1 exits the kernel tears its mount namespace down (the overlay
+    root, /proc, /sys, /dev...) before it reports the exit. Holding an fd of
+    that namespace while the container runs, and closing it once the run has
+    returned, moves that work off the run's clock. No process is left to use
+    those mounts, and the upper directory has no writer.
+    """
+
+    def __init__(self) -> None:
+        self._held: list[int] = []  # of running containers
+        self._done: list[int] = []  # of finished ones: to close
+        self._wake = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def hold(self, fd: int) -> None:
+        with self._wake:
+            self._held.append(fd)
+
+    def release(self) -> None:
+        """The held namespaces' containers have ended: close their fds in the background."""
+        with self._wake:
+            if not self._held:
+                return
+            self._done += self._held
+            self._held = []
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pybuild-ns-release", daemon=True)
+                self._thread.start()
+            self._wake.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._done:
+                    self._wake.wait()
+                fds, self._done = self._done, []
+            for fd in fds:
+                os.close(fd)
+
+    def drain(self) -> None:
+        """Close everything now (the sandbox is closing)."""
+        with self._wake:
+            fds, self._held, self._done = self._held + self._done, [], []
+        for fd in fds:
+            os.close(fd)
 
 
 class _SignalForwarder:

@@ -19,9 +19,11 @@ Every RUN step of a build and every `pybuild run` is one `Sandbox.run` of an
   output, and the caller its master side to relay.
 - `timeout`: seconds; the whole container is killed when it runs out.
 
-`run` returns an `ExecResult` once every process of the container is dead,
-its mounts are gone and its cgroup removed: the upper directory is then a
-plain change set for the differ (store.layer.write_layer). Mount points the
+`run` returns an `ExecResult` once every process of the container is dead
+and its cgroup removed: the upper directory is then a plain change set for
+the differ (store.layer.write_layer). Its mounts, which no process can reach
+any more, go with its namespace right after, in the background; `close()`
+drops whatever is left. Mount points the
 sandbox had to create (`/proc`, `/etc/hosts`, a volume's target) are removed
 from the upper directory again when they are still empty, so they never
 reach a layer. Failures to set the container up raise SandboxError; what the

@@ -805,3 +805,40 @@ def test_user_resolves_against_the_passwd_a_run_before_changed(store: Store, tmp
             assert result.ok and b"".join(out).split() == [b"77"], (result, out)
         finally:
             rootfs.remove()
+
+
+def held_mount_namespaces() -> list[str]:
+    """The mount namespaces this process holds open (the sandbox holds a container's while it runs)."""
+    out = []
+    for name in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{name}")
+            if target.startswith("mnt:"):
+                out.append(target)
+    return out
+
+
+def test_finished_containers_mounts_are_let_go_of(store: Store, tmp_path: Path) -> None:
+    # The sandbox keeps a container's mount namespace while it runs, so that its teardown happens
+    # after the run returns; a thread then drops it.
+    assert held_mount_namespaces() == []
+    with NamespaceSandbox(state_root=tmp_path / "state") as sandbox:
+        for _ in range(5):
+            rootfs = store.checkout("busybox")
+            try:
+                assert sandbox.run(ExecRequest(argv=("true",), rootfs=rootfs.mounts)).ok
+            finally:
+                rootfs.remove()
+        seen: list[list[str]] = []
+        rootfs = store.checkout("busybox")
+        try:
+            request = ExecRequest(argv=sh("echo ready; sleep 0.2"), rootfs=rootfs.mounts)
+            assert sandbox.run(request, on_output=lambda fd, data: seen.append(held_mount_namespaces())).ok
+        finally:
+            rootfs.remove()
+        assert seen and len(seen[0]) == 1, "the running container's mount namespace is held"
+        deadline = time.monotonic() + 5
+        while held_mount_namespaces() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert held_mount_namespaces() == []
+    assert held_mount_namespaces() == []
