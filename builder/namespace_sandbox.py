@@ -14,14 +14,15 @@ How one run goes (`run`):
    a first child makes a user namespace, the parent maps ids into it
    (newuidmap/newgidmap over /etc/subuid, else the caller's single id), and
    that child forks PID 1 into the other new namespaces.
-3. PID 1 (`Container.start`, Python until exec) closes the builder's
-   descriptors, joins the cgroup, makes the mount, UTS, IPC, cgroup (and
-   network) namespaces, writes its /etc files on a tmpfs of its own, mounts
-   the root, /proc and /sys, pivot_roots, mounts /dev and the binds, drops
-   to the Docker default capabilities and the user, sets no_new_privs,
-   resets signal actions and execs the command. Set-up errors, and the
-   mount points it had to create, reach the parent through a close-on-exec
-   pipe.
+3. PID 1 (`Container.start`, Python until exec; builder._pid1) closes the
+   builder's descriptors, joins the cgroup, makes the mount, UTS, IPC,
+   cgroup (and network) namespaces, stages what every container gets (/proc
+   masked, /sys, /dev, the loopback) on a tmpfs of its own, mounts the root
+   and moves the staged mounts under it, pivot_roots, binds its /etc files
+   and the volumes, becomes the user with Docker's capabilities, sets
+   no_new_privs and the seccomp filter, and execs the command. Set-up
+   errors, and the mount points it had to create, reach the parent through
+   a close-on-exec pipe.
 4. The parent streams output, enforces the timeout, waits for PID 1: when it
    exits the kernel kills every other process of the namespace. The parent
    holds the container's mount namespace meanwhile, so that tearing its
