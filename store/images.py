@@ -104,14 +104,14 @@ class Store:
         """Remove the writable snapshots of processes that died (a `pybuild run` killed with SIGKILL), with their files.
 
         Their leases die with them; committed snapshots are kept (a cache,
-        pruned with the images). Cheap enough to run before every checkout.
+        pruned with the images). Cheap enough to run before every checkout:
+        it touches only the dead ones (`prune` looks for other leftovers).
         """
         metadata = self.metadata
         with metadata.gc_lock(exclusive=True):
             reaped = metadata.reap_leases()
             forgotten = metadata.sweep_snapshots(excluding=reaped)
-        if forgotten or (self.root / "snapshots").is_dir():
-            self.snapshots.sweep()
+        self.snapshots.remove_files(forgotten)
         return forgotten
 
     def checkout(self, image: str | Image, *, prefix: str = "checkout") -> Checkout:

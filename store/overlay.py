@@ -132,6 +132,11 @@ class OverlaySnapshotter:
             with contextlib.suppress(NotFound):
                 self.remove(key)
 
+    def remove_files(self, keys: list[str]) -> None:
+        """Remove the directories of snapshots whose records are gone already (forgotten by a sweep)."""
+        for key in keys:
+            self._rmtree(self._dir(key))
+
     def sweep(self) -> list[str]:
         """Remove snapshot directories no record names (a commit or remove cut short); returns their ids."""
         removed = []
