@@ -348,19 +348,15 @@ def podman(tmp_path: Path, scratch: Path) -> Any:
         shutil.rmtree(home, ignore_errors=True)
 
 
+# podman's default runtime (crun) refuses this machine's hybrid cgroups and its RLIMIT_NOFILE (../shared/bench/README.md)
+PODMAN_RUN = ("run", "--rm", "--runtime", "runc", "--network", "none",
+              "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024")  # fmt: skip
+
+
 def test_podman_loads_and_runs_the_docker_archive(docker_archive: Path, podman: Any) -> None:
     assert f"Loaded image: {NAME}" in podman("load", "-i", str(docker_archive)).stdout
     out = podman(
-        "run",
-        "--rm",
-        "--runtime",
-        "runc",
-        "--network",
-        "none",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
+        *PODMAN_RUN,
         NAME,
         "/bin/busybox",
         "echo",
@@ -376,16 +372,7 @@ def test_podman_loads_the_oci_archive_with_zstd_layers(
     save(store, [(NAME, manifest)], tmp_path / "busybox.tar")
     assert f"Loaded image: {NAME}" in podman("load", "-i", str(tmp_path / "busybox.tar")).stdout
     out = podman(
-        "run",
-        "--rm",
-        "--runtime",
-        "runc",
-        "--network",
-        "none",
-        "--ulimit",
-        "nofile=1024:1024",
-        "--ulimit",
-        "nproc=1024:1024",
+        *PODMAN_RUN,
         NAME,
         "/bin/sh",
         "-c",

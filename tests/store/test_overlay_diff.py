@@ -52,6 +52,7 @@ from store.image import (
 from store.images import Store
 from store.layer import Layer, apply_layer, write_layer
 from store.local import LocalContentStore
+from tests.store.treespec import KINDS
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="needs root: OverlayFS mounts, chown and trusted.* xattrs (run the suite as root)"
@@ -145,16 +146,6 @@ class Entry(NamedTuple):
     xattrs: tuple[tuple[str, bytes], ...]  # user.* only
     mtime: int | None  # whole seconds (what a tar header holds)
     links: tuple[str, ...] | None  # every name of the inode, when it has more than one here
-
-
-KINDS = {
-    stat.S_IFREG: "file",
-    stat.S_IFDIR: "dir",
-    stat.S_IFLNK: "symlink",
-    stat.S_IFCHR: "char",
-    stat.S_IFBLK: "block",
-    stat.S_IFIFO: "fifo",
-}
 
 
 def describe(root: Path) -> dict[str, Entry]:

@@ -487,16 +487,22 @@ HOSTILE_OCI = [
 def test_hostile_oci_archive_is_refused_and_store_unchanged(
     store: LocalContentStore, image: Descriptor, tmp_path: Path, case: str, error: type[StoreError], pattern: str
 ) -> None:
+    caught = _refused(_hostile_oci(store, image, tmp_path, case), tmp_path, error, pattern)
+    assert str(caught).startswith(str(tmp_path / "hostile.tar"))  # names the archive, then the member or digest
+
+
+def _refused(archive: bytes, tmp_path: Path, error: type[StoreError], pattern: str) -> StoreError:
+    """Load `archive` into a store holding another image: it must fail with one line and change nothing."""
     path = tmp_path / "hostile.tar"
-    path.write_bytes(_hostile_oci(store, image, tmp_path, case))
+    path.write_bytes(archive)
     target = LocalContentStore(tmp_path / "target")
     import_rootfs(target, io.BytesIO(OTHER_ROOTFS), "keep:1", created=CREATED)
     before = _snapshot(target.root)
     with pytest.raises(error, match=pattern) as caught:
         load(target, path)
     assert "\n" not in str(caught.value)
-    assert str(caught.value).startswith(str(path))  # names the archive, then the member or digest
     assert _snapshot(target.root) == before
+    return caught.value
 
 
 def _hostile_docker(store: LocalContentStore, image: Descriptor, tmp_path: Path, case: str) -> bytes:
@@ -540,15 +546,7 @@ HOSTILE_DOCKER = [
 def test_hostile_docker_archive_is_refused_and_store_unchanged(
     store: LocalContentStore, image: Descriptor, tmp_path: Path, case: str, error: type[StoreError], pattern: str
 ) -> None:
-    path = tmp_path / "hostile.tar"
-    path.write_bytes(_hostile_docker(store, image, tmp_path, case))
-    target = LocalContentStore(tmp_path / "target")
-    import_rootfs(target, io.BytesIO(OTHER_ROOTFS), "keep:1", created=CREATED)
-    before = _snapshot(target.root)
-    with pytest.raises(error, match=pattern) as caught:
-        load(target, path)
-    assert "\n" not in str(caught.value)
-    assert _snapshot(target.root) == before
+    _refused(_hostile_docker(store, image, tmp_path, case), tmp_path, error, pattern)
 
 
 def test_tag_hijack_needs_replace_tags(store: LocalContentStore, image: Descriptor, tmp_path: Path) -> None:
