@@ -211,9 +211,10 @@ def timed(action: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def sha256_zstd(root: Path) -> None:
+def sha256_zstd(root: Path, sink: object = None) -> None:
+    """The limit: sha256 and zstd (level 3, two threads) of the tree's file bytes, without tar, into `sink`."""
     digest = hashlib.sha256()
-    writer = zstandard.ZstdCompressor(level=3, threads=2).stream_writer(_Null(), closefd=False)
+    writer = zstandard.ZstdCompressor(level=3, threads=2).stream_writer(sink or _Null(), closefd=False)
     buffer = bytearray(CHUNK)
     view = memoryview(buffer)
     for path in sorted(root.iterdir()):
@@ -243,17 +244,8 @@ def timed_limit_store(work: Path, root: Path) -> float:
     shutil.rmtree(store_root, ignore_errors=True)
     store = LocalContentStore(store_root)
     start = time.perf_counter()
-    digest = hashlib.sha256()
     with store.writer() as blob:
-        writer = zstandard.ZstdCompressor(level=3, threads=2).stream_writer(blob, closefd=False)
-        buffer = bytearray(CHUNK)
-        view = memoryview(buffer)
-        for path in sorted(root.iterdir()):
-            with open(path, "rb", buffering=0) as f:
-                while count := f.readinto(buffer):
-                    digest.update(view[:count])
-                    writer.write(view[:count])
-        writer.close()
+        sha256_zstd(root, blob)
         blob.commit()
     return time.perf_counter() - start
 
