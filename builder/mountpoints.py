@@ -24,6 +24,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import shutil
 import stat
 from typing import TYPE_CHECKING
 
@@ -109,7 +110,7 @@ def stub_layer(cache: str, wanted: Wanted) -> str:
     except OSError as exc:  # another run made it first
         if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
             raise
-        _rmtree(building)
+        shutil.rmtree(building)
     return where
 
 
@@ -133,15 +134,6 @@ def with_stub_layer(rootfs: tuple[Mount, ...], cache: str, known: dict[str, str 
         return rootfs
     options = tuple(f"lowerdir={layer}:{o[len('lowerdir=') :]}" if o.startswith("lowerdir=") else o for o in mount.options)
     return (type(mount)(mount.type, mount.source, options),)
-
-
-def _rmtree(path: str) -> None:
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            os.unlink(os.path.join(root, name))
-        for name in dirs:
-            os.rmdir(os.path.join(root, name))
-    os.rmdir(path)
 
 
 def remove_stubs(rootfs: tuple[Mount, ...], stubs: list[str]) -> None:
