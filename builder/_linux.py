@@ -20,7 +20,6 @@ __all__ = [
     "CLONE_NEWUTS",
     "MNT_DETACH",
     "MOUNT_ATTR_NODEV",
-    "MOUNT_ATTR_NOSUID",
     "MOUNT_ATTR_RDONLY",
     "MS_BIND",
     "MS_MOVE",
@@ -31,7 +30,6 @@ __all__ = [
     "MS_RDONLY",
     "MS_REC",
     "MS_REMOUNT",
-    "OPEN_TREE_CLONE",
     "capset",
     "cloexec_from",
     "drop_bounding_set",
@@ -69,7 +67,7 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MNT_DETACH = 2
 
-OPEN_TREE_CLONE = 1
+_OPEN_TREE_CLONE = 1
 _OPEN_TREE_CLOEXEC = os.O_CLOEXEC
 _AT_RECURSIVE = 0x8000
 _AT_FDCWD = -100
@@ -94,7 +92,6 @@ _SYS = {"pivot_root": {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, -1)
 _SYS.update(open_tree=428, move_mount=429, mount_setattr=442)
 
 MOUNT_ATTR_RDONLY = 0x1
-MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 _AT_EMPTY_PATH = 0x1000
 
@@ -132,7 +129,7 @@ def pivot_root(new_root: str, put_old: str) -> None:
 
 def open_tree(path: str, *, recursive: bool = False) -> int:
     """A detached copy of the mount at `path` (a bind mount not yet attached anywhere), as an fd."""
-    flags = OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | (_AT_RECURSIVE if recursive else 0)
+    flags = _OPEN_TREE_CLONE | _OPEN_TREE_CLOEXEC | (_AT_RECURSIVE if recursive else 0)
     return _check(_syscall(_SYS["open_tree"], _AT_FDCWD, _b(path), ctypes.c_uint(flags)), "open_tree", path)
 
 
