@@ -24,15 +24,17 @@ from .errors import AlreadyExists, MalformedDocument, NotFound
 from .image import chain_id
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from pathlib import Path
 
     from .content import BlobLease
+    from .descriptor import Descriptor
     from .images import Image, Store
     from .layer import Layer
     from .metadata import Lease
     from .snapshots import Mount
 
-__all__ = ["Checkout", "Committed", "checkout", "unpack_image"]
+__all__ = ["Checkout", "Committed", "checkout", "checkout_layers", "image_layers", "unpack_layers"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +110,14 @@ class Committed:
 
 
 def checkout(store: Store, image: Image, *, prefix: str = "checkout") -> Checkout:
-    parent = unpack_image(store, image)
+    return checkout_layers(store, image_layers(image), prefix=prefix)
+
+
+def checkout_layers(
+    store: Store, layers: Sequence[tuple[Descriptor, Digest]], *, prefix: str = "checkout"
+) -> Checkout:
+    """A fresh writable snapshot over `layers` (blob descriptor, diff_id), bottom first; see `checkout`."""
+    parent = unpack_layers(store, layers)
     key = f"{prefix}-{os.urandom(8).hex()}"
     lease = store.metadata.lease()
     try:
@@ -120,16 +129,21 @@ def checkout(store: Store, image: Image, *, prefix: str = "checkout") -> Checkou
     return Checkout(store, key, parent, mounts, lease)
 
 
-def unpack_image(store: Store, image: Image) -> str | None:
-    """Make sure every layer of `image` is a committed snapshot; the top one's name (None: no layers)."""
-    snapshots = store.snapshots
+def image_layers(image: Image) -> tuple[tuple[Descriptor, Digest], ...]:
+    """`image`'s layers paired with their diff_ids, bottom first."""
     layers, diff_ids = image.manifest.layers, image.config.diff_ids
     if len(layers) != len(diff_ids):
         raise MalformedDocument(
             f"image {image.manifest_descriptor.digest}: {len(layers)} layer(s) but {len(diff_ids)} diff_id(s)"
         )
+    return tuple(zip(layers, diff_ids))
+
+
+def unpack_layers(store: Store, layers: Sequence[tuple[Descriptor, Digest]]) -> str | None:
+    """Make sure each prefix of `layers` is a committed snapshot; the top one's name (None: no layers)."""
+    snapshots = store.snapshots
     chain: str | None = None
-    for layer, diff_id in zip(layers, diff_ids):
+    for layer, diff_id in layers:
         parent, chain = chain, str(chain_id([chain, diff_id]) if chain else diff_id)
         if snapshots.usable(chain):
             continue

@@ -37,7 +37,7 @@ from .reference import Reference, parse_reference
 from .tags import TagStore
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Iterable, Mapping, Sequence
 
     from .checkout import Checkout
     from .fsck import Problem
@@ -119,6 +119,12 @@ class Store:
         from .checkout import checkout
 
         return checkout(self, image if isinstance(image, Image) else self.image(image), prefix=prefix)
+
+    def checkout_layers(self, layers: Sequence[tuple[Descriptor, Digest]], *, prefix: str = "checkout") -> Checkout:
+        """A fresh writable snapshot over `layers` (blob, diff_id), bottom first: a build step's root."""
+        from .checkout import checkout_layers
+
+        return checkout_layers(self, layers, prefix=prefix)
 
     # ---- finding images --------------------------------------------------
 
