@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
     from .sandbox import ExecRequest
 
-__all__ = ["NAMESPACES", "SECCOMP", "Container", "warm_child"]
+__all__ = ["NAMESPACES", "SECCOMP", "Container", "mount_rootfs", "warm_child"]
 
 # Docker's default capability set.
 _DEFAULT_CAPS = sum(1 << c for c in (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31))
@@ -177,7 +177,7 @@ class Container:
             fd = linux.open_tree(bind.source, recursive=True)
             binds.append(fd)
             linux.mount_setattr(fd, linux.MOUNT_ATTR_NODEV | (linux.MOUNT_ATTR_RDONLY if bind.readonly else 0))
-        _mount_rootfs(request.rootfs, self.root)
+        mount_rootfs(request.rootfs, self.root)
         os.chdir(self.root)
         for name in ("proc", "sys", "dev"):  # staged mounts move in, onto directories of the root
             staged = os.path.join(self.stage, name)
@@ -384,7 +384,8 @@ def _move_here(source: str, name: str) -> None:
         os.close(fd)
 
 
-def _mount_rootfs(mounts: tuple[Mount, ...], target: str) -> None:
+def mount_rootfs(mounts: tuple[Mount, ...], target: str) -> None:
+    """Mount the root filesystem `mounts` describe (one bind or overlay) on `target`, nodev."""
     if len(mounts) != 1:
         raise SandboxError(f"root filesystem: expected one mount, got {len(mounts)}")
     (mount,) = mounts

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = ["console", "main"]
 
 EXIT_OK = 0
+EXIT_BUILD = 1
 EXIT_USAGE = 2
 EXIT_INTEGRITY = 3
 EXIT_ENVIRONMENT = 4
@@ -76,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
             store = option.partition("=")[2] or (argv.pop(0) if argv else "")
             if not store:
                 return _usage_error("option --store needs a directory")
+        elif option in ("-f", "--file", "-t", "--tag", "--target", "--build-arg") or option.startswith(
+            ("--file=", "--tag=", "--target=", "--build-arg=")
+        ):  # `pybuild -f Recipefile .`: a build, as `docker build -f` reads
+            argv = ["build", option, *argv]
+            break
         elif option in ("-h", "--help"):
             print(_usage())
             return EXIT_OK
@@ -127,6 +133,9 @@ def _report(exc: BaseException, debug: bool) -> int:
             return EXIT_INTEGRITY
         return EXIT_USAGE
     builder_errors = sys.modules.get("builder.errors")
+    if builder_errors is not None and isinstance(exc, builder_errors.BuildError):
+        print(exc.render(), file=sys.stderr)
+        return EXIT_BUILD
     if builder_errors is not None and isinstance(exc, builder_errors.BuilderError):
         print(f"pybuild: error: {exc}", file=sys.stderr)
         return EXIT_ENVIRONMENT if isinstance(exc, builder_errors.SandboxError) else EXIT_USAGE

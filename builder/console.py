@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from types import TracebackType
     from typing import IO, Any
 
-__all__ = ["Console", "Progress"]
+__all__ = ["Console", "Progress", "StepBar"]
 
 
 class Console:
@@ -70,3 +70,25 @@ class Progress:
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+class StepBar:
+    """A bar of build steps on a terminal: `advance()` per finished step, `write()` for lines above it."""
+
+    def __init__(self, stream: IO[str], total: int) -> None:
+        from tqdm import tqdm
+
+        self._tqdm = tqdm
+        self._bar = tqdm(total=total, unit="step", file=stream, leave=True, dynamic_ncols=True)
+
+    def describe(self, text: str) -> None:
+        self._bar.set_description_str(text[:60])
+
+    def advance(self) -> None:
+        self._bar.update(1)
+
+    def write(self, line: str) -> None:
+        self._tqdm.write(line, file=self._bar.fp)
+
+    def close(self) -> None:
+        self._bar.close()

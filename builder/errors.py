@@ -1,16 +1,29 @@
 """Errors of the builder package, each with a one-line message for the user.
 
     BuilderError              anything pybuild cannot do for the user here
-    └── SandboxError          a sandbox that cannot be set up on this machine
-        │                     (no user namespaces, no overlay): exit status 4
-        └── CgroupError       a cgroup that cannot be made or limited
+    ├── SandboxError          a sandbox that cannot be set up on this machine
+    │   │                     (no user namespaces, no overlay): exit status 4
+    │   └── CgroupError       a cgroup that cannot be made or limited
+    └── BuildError            a build that cannot go on; `span` is the
+        │                     instruction at fault when there is one
+        ├── StepFailed        a RUN that exited non-zero: exit status 1
+        ├── ContextError      a COPY/ADD source that is missing, ignored or
+        │                     outside the build context
+        └── BaseImageError    a FROM image that is not in the store
 
 Recipe errors are grammar.RecipeError; store errors store.StoreError.
+A BuildError's `str()` is its message alone; `located()` prefixes the
+instruction's `file:line:col: error:` the way grammar errors print.
 """
 
 from __future__ import annotations
 
-__all__ = ["BuilderError", "CgroupError", "SandboxError"]
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from grammar import Span
+
+__all__ = ["BaseImageError", "BuildError", "BuilderError", "CgroupError", "ContextError", "SandboxError", "StepFailed"]
 
 
 class BuilderError(Exception):
@@ -23,3 +36,48 @@ class SandboxError(BuilderError):
 
 class CgroupError(SandboxError):
     """A cgroup that cannot be made, limited or removed."""
+
+
+class BuildError(BuilderError):
+    """A build step that cannot be done; `span` locates its instruction when known."""
+
+    def __init__(self, message: str, span: Span | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.span = span
+
+    def located(self) -> str:
+        """`file:line:col: error: message`, or `error: message` without a span."""
+        if self.span is None:
+            return f"error: {self.message}"
+        return f"{self.span}: error: {self.message}"
+
+    def render(self) -> str:
+        """The located one-line message, then any detail lines (indented)."""
+        return self.located()
+
+
+class StepFailed(BuildError):
+    """A RUN step that exited non-zero (or was killed): `output` is its last lines, `log` its whole log."""
+
+    def __init__(self, message: str, span: Span | None = None, *, output: tuple[str, ...] = (), log: str | None = None) -> None:
+        super().__init__(message, span)
+        self.output = output
+        self.log = log
+
+    def render(self) -> str:
+        lines = [self.located()]
+        if self.output:
+            lines.append(f"  output (last {len(self.output)} lines):")
+            lines += [f"    {line}" for line in self.output]
+        if self.log:
+            lines.append(f"  full log: {self.log}")
+        return "\n".join(lines)
+
+
+class ContextError(BuildError):
+    """A COPY or ADD source that is missing, excluded by an ignore rule, or escapes its root."""
+
+
+class BaseImageError(BuildError):
+    """A FROM image that is neither in the store nor an earlier stage."""

@@ -39,6 +39,34 @@ _JSON = Option("--json", help="print JSON instead of a table")
 
 
 COMMANDS: dict[str, Command] = {
+    "build": Command(
+        _spec(
+            "build",
+            "build an image from a recipe and a build context (also: pybuild -f Recipefile CONTEXT)",
+            [
+                Option("-f", "--file", help="the recipe (default: CONTEXT/Recipefile, else CONTEXT/Dockerfile)", takes_value=True, metavar="FILE"),
+                Option("-t", "--tag", help="name the image", repeat=True, metavar="NAME"),
+                Option("--target", help="build this stage and what it needs, not the last stage", takes_value=True, metavar="STAGE"),
+                Option("--build-arg", help="set a build argument (KEY=VALUE, or KEY to pass ours)", repeat=True, metavar="ARG"),
+                Option("--label", help="add a label to the image (KEY=VALUE)", repeat=True, metavar="LABEL"),
+                Option("--no-cache", help="build every step again"),
+                Option("--no-cache-filter", help="build this stage's steps again", repeat=True, metavar="STAGE"),
+                Option("--explain-cache", help="after the build, list every rebuilt step and why its cache missed"),
+                Option("--progress", help="auto (default), plain, json, tty or quiet", takes_value=True, metavar="MODE"),
+                Option("-q", "--quiet", help="print only the image id"),
+                Option("-o", "--output", help="also write type=oci|docker|tar,dest=FILE or type=local,dest=DIR", repeat=True, metavar="OUTPUT"),
+                Option("--iidfile", help="write the image id to this file", takes_value=True, metavar="FILE"),
+                Option("--secret", help="a secret for RUN --mount=type=secret: id=ID,src=FILE or id=ID,env=VAR", repeat=True, metavar="SECRET"),
+                Option("--memory", "-m", help="memory limit of each RUN step (e.g. 512m)", takes_value=True, metavar="SIZE"),
+                Option("--cpus", help="CPU quota of each RUN step, in cores", takes_value=True, metavar="N"),
+                Option("--network", help="default network of RUN steps: default (host), none or host", takes_value=True, metavar="MODE"),
+                Option("--platform", help="the target platform (only this host's is supported)", takes_value=True, metavar="PLATFORM"),
+                _STORE,
+            ],
+            [Positional("context", help="the build context directory")],
+        ),
+        "builder.commands.build:run",
+    ),
     "parse": Command(
         _spec(
             "parse",

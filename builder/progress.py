@@ -1,0 +1,111 @@
+"""Build progress: the events a build reports, in order, to one callback.
+
+    BuildStarted         the plan: how many steps, which stages
+    StepStarted          a layer step begins, after its cache lookup missed, and why
+    StepOutput           bytes a RUN step wrote (stdout 1, stderr 2), as they come
+    StepFinished         a step is done: cached or built, why it missed, what it cost
+    BuildWarning         something the user should know (unused build args...)
+    BuildFinished        the image, and whether it was already up to date
+
+A step is named `#N` (1-based over the whole build) and `[stage k/m]` within
+its stage, as BuildKit's plain log does. The callback is called from the
+thread that runs the step: a renderer for several parallel stages must be
+thread-safe. No rendering here: builder.commands.build_output draws bars,
+plain lines or JSON.
+
+    def show(event):
+        if isinstance(event, StepFinished) and not event.cached:
+            print(event.step.text, "missed:", "; ".join(event.reasons))
+
+    build(".", progress=show)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+__all__ = [
+    "BuildFinished",
+    "BuildStarted",
+    "BuildWarning",
+    "Event",
+    "Progress",
+    "StepFinished",
+    "StepInfo",
+    "StepOutput",
+    "StepStarted",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class StepInfo:
+    """Which step: `number` of `total` in the build, `index` of `count` in `stage`, its text and location."""
+
+    number: int
+    total: int
+    stage: str
+    index: int
+    count: int
+    text: str
+    location: str
+
+    @property
+    def name(self) -> str:
+        return f"#{self.number} [{self.stage} {self.index}/{self.count}] {self.text}"
+
+
+@dataclass(frozen=True, slots=True)
+class BuildStarted:
+    steps: int
+    stages: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StepStarted:
+    """A layer step whose cache missed starts; `reasons` say why it missed."""
+
+    step: StepInfo
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class StepOutput:
+    step: StepInfo
+    stream: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StepFinished:
+    """`layer_step`: RUN, COPY, ADD or WORKDIR (a step with a cache key); the others only change the config.
+
+    `cached`: a layer step whose result was reused; `reasons`: why its cache missed.
+    """
+
+    step: StepInfo
+    layer_step: bool
+    cached: bool
+    reasons: tuple[str, ...] = ()
+    duration: float = 0.0
+    cpu_time: float | None = None  # RUN only: the sandboxed process's user + system seconds
+    max_rss: int | None = None  # RUN only: its peak memory, bytes
+    layer: str | None = None  # the layer blob's digest, None for no layer
+    size: int = 0  # the layer blob's size
+
+
+@dataclass(frozen=True, slots=True)
+class BuildWarning:
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class BuildFinished:
+    image: str  # the manifest digest
+    image_id: str  # the config digest, Docker's image id
+    up_to_date: bool
+    duration: float
+
+
+Event = BuildStarted | StepStarted | StepOutput | StepFinished | BuildWarning | BuildFinished
+Progress = Callable[[Event], None]
