@@ -11,6 +11,7 @@ scratch directory) is released by `close`, hit or miss.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 import shutil
 import tempfile
@@ -229,8 +230,7 @@ def copy_action(
     op: dict[str, Any] = {
         "kind": word.lower(),
         "sources": list(instruction.sources),
-        "dest": instruction.dest,
-        "workdir": workdir,
+        "dest": _absolute(instruction.dest, workdir),
         "chown": instruction.chown,
         "chmod": instruction.chmod,
         "link": instruction.link,
@@ -272,7 +272,9 @@ def copy_action(
         else:
             selected, base = matches, str(source_root.root)
         owner = fileops.resolve_owner(instruction.chown, root) if instruction.chown else None
-        spec = fileops.CopySpec(dest=instruction.dest, workdir=workdir, owner=owner, chmod=chmod, parents=parents, unpack=unpack)
+        spec = fileops.CopySpec(
+            dest=instruction.dest, workdir=workdir, owner=owner, chmod=chmod, parents=parents, unpack=unpack, instruction=word
+        )
         fileops.copy_into(root, base, selected, spec)
 
     def run(builder: Builder, checkout: Any, info: StepInfo, log: Any, tail: deque[str]) -> None:
@@ -303,6 +305,12 @@ def copy_action(
     if instruction.link:
         action.layers = ()  # --link: the files alone, on an empty root, whatever lies below
     return action
+
+
+def _absolute(dest: str, workdir: str) -> str:
+    """`dest` against the working directory, its trailing slash (it means "a directory") kept."""
+    path = posixpath.normpath(posixpath.join(workdir, dest))
+    return path + "/" if dest.endswith("/") and path != "/" else path
 
 
 def _other_root(builder: Builder, name: str, done: dict[int, _State], plan: _Plan, span: Any) -> tuple[Any, str]:

@@ -90,6 +90,7 @@ def build(
             raise BuildError(f"SOURCE_DATE_EPOCH={os.environ['SOURCE_DATE_EPOCH']}: not a number of seconds") from None
     the_store = store if isinstance(store, Store) else Store(store)
     stat_cache = the_store.root / "builder" / "contexts" / f"{_digest(os.path.abspath(context_dir))}.json"
+    stat_cache.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     build_context = BuildContext.open(context_dir, recipe=recipe_path, stat_cache=stat_cache)
     options = BuildOptions(
         target=target,

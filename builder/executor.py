@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from grammar import Add, Arg, Copy, From, Instruction, Run, Shell, Workdir
-from grammar.scope import PROXY_ARGS, GlobalScope, StageScope
+from grammar.scope import GlobalScope, StageScope
 from store.descriptor import Descriptor, MediaType
 from store.digest import Digest
 from store.image import (
@@ -183,6 +183,7 @@ class Builder:
         from .records import BuildRecord, previous_record
 
         started = time.monotonic()
+        self._cancelled = False
         options = self._with_epoch(options)
         globals_ = GlobalScope(recipe.global_args, options.build_args)
         plan = self._plan(recipe, globals_, options)
@@ -200,10 +201,8 @@ class Builder:
                 self._close_sandboxes()
                 context.save()
             final = states[plan.target]
-            for name in recipe.unused_build_args() if hasattr(recipe, "unused_build_args") else ():
-                self._emit(BuildWarning(f"build argument {name!r} was not consumed by any ARG"))
-            for name in sorted(set(options.build_args) - globals_.consumed - PROXY_ARGS):
-                self._emit(BuildWarning(f"build argument {name!r} is not declared by any ARG"))
+            for name in globals_.unused_build_args():
+                self._emit(BuildWarning(f"build argument {name!r} is not declared by any ARG of the stages built"))
             manifest, config, up_to_date = self._image(final, options)
             for tag in options.tags:
                 self.store.tags.set(tag, manifest)
