@@ -30,11 +30,11 @@ def started(events: list[object]) -> list[str]:
     return [e.step.text for e in events if isinstance(e, StepStarted)]
 
 
-def rebuilt(result) -> list[str]:  # noqa: ANN001
+def rebuilt(result) -> list[str]:
     return [s.text for s in result.steps if s.layer_step and not s.cached]
 
 
-def reasons(result, text: str) -> list[str]:  # noqa: ANN001
+def reasons(result, text: str) -> list[str]:
     return next(list(s.reasons) for s in result.steps if s.text == text)
 
 
