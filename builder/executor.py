@@ -320,9 +320,13 @@ class Builder:
                         index = running.pop(future)
                         states[index] = future.result()  # the first failure ends the build
             except BaseException:
-                self._cancelled = True
+                self._cancelled = True  # the other stages stop at their next step
                 for future in running:
                     future.cancel()
+                with self._emit_lock:
+                    sandboxes = list(self._sandboxes)
+                for sandbox in sandboxes:
+                    sandbox.cancel()  # and what they run now is killed
                 raise
         return states
 

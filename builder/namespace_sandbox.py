@@ -110,6 +110,7 @@ class NamespaceSandbox:
         self._etc_texts: dict[tuple[str, int, int, int], str] = {}  # the image's passwd and group, read once
         self._lower_credentials: dict[tuple[str, str], Credentials | None] = {}  # (lowerdir, USER) ->
         self._warm_lock = threading.Lock()
+        self._running: set[int] = set()  # pidfds of the PID 1s of runs in progress, for cancel()
         self.warnings: tuple[str, ...] = ()
         if SECCOMP is None:
             self.warnings += (f"no seccomp filter for {os.uname().machine}: containers may make every system call",)
@@ -135,6 +136,12 @@ class NamespaceSandbox:
             shutil.rmtree(self._dir, ignore_errors=True)
             os.close(self._lock)
             self._lock = None
+
+    def cancel(self) -> None:
+        """Kill the containers of the runs in progress (from any thread): their runs return, killed."""
+        with self._warm_lock:
+            for pidfd in self._running:
+                _kill(pidfd)
 
     def __enter__(self) -> NamespaceSandbox:
         return self
@@ -294,6 +301,9 @@ class NamespaceSandbox:
         for fd in (report_w, life_r, *child_ends):
             if fd >= 0:
                 os.close(fd)
+        running = os.pidfd_open(pid)
+        with self._warm_lock:
+            self._running.add(running)
         if container.pty_socket is not None:
             container.pty_socket.close()
         self._prefork(request.network)  # the next run's PID 1, while this one runs
@@ -303,6 +313,9 @@ class NamespaceSandbox:
                 None if self.rootless else self._releaser.hold,
             )
         finally:
+            with self._warm_lock:
+                self._running.discard(running)
+            os.close(running)
             self._releaser.release()
             if pty_socket is not None:
                 pty_socket.close()

@@ -181,8 +181,11 @@ def _cache(fields: Mapping[str, str | None], target: str, out: Prepared, span: S
             continue
         out._cleanup.append(lambda fd=lock: os.close(fd))
         break
-    if not os.path.isdir(path):
+    try:
         os.mkdir(path)
+    except FileExistsError:  # made by an earlier step, or by a parallel one just now
+        pass
+    else:
         os.chown(path, uid, gid)
         os.chmod(path, mode)
     readonly = _flag(fields, "ro", "readonly")

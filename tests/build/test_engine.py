@@ -1,0 +1,76 @@
+"""The engine as a whole: parallel stages, Ctrl-C, and what a build leaves behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.build.conftest import PYBUILD, flatten
+from tests.support import REPO
+
+# Each stage waits for the other's marker in a shared cache mount: built one after the
+# other, the first would wait in vain and fail; built in parallel, both go through.
+PARALLEL = """
+    FROM busybox AS left
+    RUN --mount=type=cache,target=/meet,sharing=shared \\
+        touch /meet/left && i=0; while [ ! -e /meet/right ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \\
+        test -e /meet/right && echo left > /left
+    FROM busybox AS right
+    RUN --mount=type=cache,target=/meet,sharing=shared \\
+        touch /meet/right && i=0; while [ ! -e /meet/left ] && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \\
+        test -e /meet/left && echo right > /right
+    FROM busybox
+    COPY --from=left /left /left
+    COPY --from=right /right /right
+    """
+
+
+def test_independent_stages_build_in_parallel(make_build, fresh_store, tmp_path: Path) -> None:
+    result = make_build(PARALLEL)
+    tree = flatten(fresh_store, result, tmp_path / "tree")
+    assert (tree / "left").read_text() == "left\n" and (tree / "right").read_text() == "right\n"
+
+
+def _mounts(root: Path) -> list[str]:
+    """This process's mounts that involve the store `root` (other jobs on the machine mount what they like)."""
+    return [line for line in Path("/proc/self/mountinfo").read_text().splitlines() if str(root) in line]
+
+
+def test_ctrl_c_stops_the_build_and_leaves_nothing(fresh_store, context_dir: Path) -> None:
+    (context_dir / "Recipefile").write_text("FROM busybox\nRUN echo started && sleep 60\n")
+    before = _mounts(fresh_store.root)
+    process = subprocess.Popen(
+        [*PYBUILD, "--store", str(fresh_store.root), "build", "--progress", "plain", str(context_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        start_new_session=True,  # a terminal's Ctrl-C: SIGINT to the whole foreground group
+    )
+    try:
+        deadline = time.monotonic() + 30
+        seen = ""
+        while "#2 started" not in seen and time.monotonic() < deadline:
+            line = process.stderr.readline()  # type: ignore[union-attr]
+            if not line:
+                break
+            seen += line
+        assert "#2 started" in seen
+        os.killpg(process.pid, signal.SIGINT)
+        started = time.monotonic()
+        _, err = process.communicate(timeout=20)
+        assert time.monotonic() - started < 10
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    assert before == [] and _mounts(fresh_store.root) == []
+    from store.images import Store
+
+    records = Store(fresh_store.root).metadata.snapshots()
+    assert [r.key for r in records if r.kind != "committed"] == []  # the RUN's writable snapshot is gone
