@@ -13,8 +13,8 @@ def _commands() -> list[str]:
 
 def test_readme_has_exactly_two_setup_commands() -> None:
     install, tests = _commands()
-    assert "pip install ." in install and "pybuild parse fixtures/recipes/real/python-app.Dockerfile" in install
-    assert install.rstrip().endswith("pybuild run busybox echo hello from a pybuild container")
+    assert "pip install ." in install and "pybuild -f fixtures/demo/Recipefile -t demo fixtures/demo" in install
+    assert install.rstrip().endswith("pybuild run demo")
     assert "pytest" in tests
 
 
@@ -26,5 +26,5 @@ def test_ci_runs_the_readme_test_command() -> None:
 def test_demo_recipe_exists_and_parses() -> None:
     import grammar
 
-    recipe = grammar.parse_file(REPO / "fixtures/recipes/real/python-app.Dockerfile")
-    assert recipe.stages
+    recipe = grammar.parse_file(REPO / "fixtures/demo/Recipefile")
+    assert [stage.name for stage in recipe.stages] == ["build", None]
