@@ -9,6 +9,10 @@ any writer: copy-up, whiteouts when a directory replaces a file, the merged
 view for symlinks in the destination path. Nothing is emulated, and the
 upper directory is a plain change set for the layer diff, as after a RUN.
 
+Unprivileged, the child first makes a user namespace in which it is root
+(its own id only: files of other owners cannot be made, as a rootless
+RUN without a subordinate id range cannot make them either).
+
 The mounts die with the child's mount namespace, so an interrupted build
 leaves none behind. The child reports an error as one line on a pipe; it
 is raised here as the `BuildError` subclass it was, else as a `BuildError`.
@@ -21,7 +25,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .errors import BuildError, ContextError, SandboxError
 
@@ -43,8 +47,6 @@ def in_mounted_root(
     state_root: str | None = None,
 ) -> None:
     """Run `operation(root, source_root)` in a child with `rootfs` (and `source`, read-only) mounted."""
-    if os.geteuid() != 0:
-        raise SandboxError("COPY, ADD and WORKDIR need root for now: rootless builds cannot run file steps yet")
     where = tempfile.mkdtemp(prefix="fileop-", dir=state_root)
     try:
         os.mkdir(os.path.join(where, "root"))
@@ -79,6 +81,8 @@ def _child(
 
     code = 0
     try:
+        if os.geteuid() != 0:  # rootless: be root of a user namespace of our own id, enough to mount
+            _own_user_namespace(linux)
         linux.unshare(linux.CLONE_NEWNS)
         linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
         root = os.path.join(where, "root")
@@ -97,3 +101,11 @@ def _child(
             pass
     finally:
         os._exit(code)
+
+
+def _own_user_namespace(linux: Any) -> None:
+    uid, gid = os.geteuid(), os.getegid()
+    linux.unshare(linux.CLONE_NEWUSER)
+    for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
+        with open(f"/proc/self/{name}", "w") as f:
+            f.write(text)

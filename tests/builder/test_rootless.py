@@ -563,3 +563,22 @@ def test_pybuild_run_as_the_user(user: User) -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == "0\n"
     assert "/etc/subuid" in done.stderr  # the single-id warning reaches the user
+
+
+# --------------------------------------------------------------------------- building as the user
+
+
+def test_the_user_builds_and_runs_an_image(user: User) -> None:
+    context = user.home / "context"
+    done = user.run(["sh", "-c", (
+        f"mkdir -p {context}/src && echo payload > {context}/src/data.txt && printf '%s\\n' "
+        "'FROM busybox' 'WORKDIR /app' 'COPY src/ ./' 'RUN cat data.txt > copied && id -u > uid' "
+        f"> {context}/Recipefile"
+    )])
+    assert done.returncode == 0, done.stderr
+    built = user.run(["pybuild", "--store", str(user.store), "-f", str(context / "Recipefile"), "-t", "mine",
+                      "--progress", "plain", str(context)])
+    assert built.returncode == 0, built.stdout + built.stderr
+    ran = user.run(["pybuild", "--store", str(user.store), "run", "mine", "sh", "-c", "cat /app/copied /app/uid; pwd"])
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "payload\n0\n/app\n"
