@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import signal
 
 __all__ = [
     "CLONE_NEWCGROUP",
@@ -232,3 +233,24 @@ def cloexec_from(first: int) -> None:
     """Mark every fd from `first` up close-on-exec (close_range, Linux 5.11), so an exec'd command inherits none."""
     if _syscall(_SYS["close_range"], ctypes.c_uint(first), ctypes.c_uint(0xFFFFFFFF), ctypes.c_uint(_CLOSE_RANGE_CLOEXEC)) < 0:
         os.closerange(first, os.sysconf("SC_OPEN_MAX"))  # older kernels: close instead
+
+
+_TERMINAL_SIGNALS = {signal.SIGINT, signal.SIGQUIT}
+
+
+def fork_ignoring_terminal_signals() -> int:
+    """os.fork(), with the child ignoring SIGINT and SIGQUIT from the start (a Ctrl-C reaches the
+    whole process group: it must not interrupt a child's Python mid set-up, before its own exec).
+
+    The signals are blocked across the fork, so that none arrives between
+    the fork and the child's new dispositions; the parent's mask is restored.
+    """
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _TERMINAL_SIGNALS)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            for signo in _TERMINAL_SIGNALS:
+                signal.signal(signo, signal.SIG_IGN)  # also discards one pending
+        return pid
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

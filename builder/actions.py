@@ -39,12 +39,9 @@ _HEREDOC_ONLY = re.compile(r"\s*<<-?\s*(['\"]?)([^\s'\"]+)\1\s*")
 _HOSTNAME = "buildkitsandbox"  # what BuildKit names its RUN containers; scripts test for it
 
 
-def _scratch(options: BuildOptions) -> str:
-    from .namespace_sandbox import default_state_root
-
-    root = default_state_root().parent / "steps"
-    os.makedirs(root, mode=0o700, exist_ok=True)
-    return tempfile.mkdtemp(prefix="step-", dir=root)
+def _scratch(builder: Builder) -> str:
+    """A directory of this step's own, inside the build's scratch directory (removed with the build)."""
+    return tempfile.mkdtemp(prefix="step-", dir=builder.scratch_root())
 
 
 # ---- RUN ---------------------------------------------------------------------
@@ -71,7 +68,7 @@ def run_action(
     if network not in ("none", "host"):
         raise BuildError(f"RUN --network={network}: expected default, none or host", span)
     workdir = state.config.working_dir or "/"
-    scratch = _scratch(options)
+    scratch = _scratch(builder)
     binds: list[Bind] = []
     argv = _run_argv(instruction, defaults.shell, scratch, binds)
     env = _run_env(state.config.env, scope)
@@ -249,7 +246,7 @@ def copy_action(
         op["from"] = identity
     else:
         if instruction.heredocs or urls:
-            scratch = _scratch(options)
+            scratch = _scratch(builder)
             source_root = _inline_sources(instruction, scratch, span)
         try:
             matches = source_root.select(

@@ -107,8 +107,12 @@ def build(
         platform=platform,
     )
     result = Builder(the_store, progress=progress).build(parsed, build_context, options, recipe_path=str(recipe_path))
-    for output in outputs:
-        export(the_store, result, output)
+    outputs = list(outputs)
+    if outputs:
+        from .outputs import export
+
+        for output in outputs:
+            export(the_store, result, output)
     return result
 
 

@@ -29,7 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import fcntl
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections import deque
@@ -176,6 +179,7 @@ class Builder:
         self._emit_lock = threading.Lock()
         self._sandboxes: list[Any] = []
         self._local = threading.local()
+        self._scratch: tuple[str, int] | None = None
 
     # ---- the build ---------------------------------------------------------
 
@@ -199,6 +203,7 @@ class Builder:
                 states = self._build_stages(recipe, plan, globals_, context, options)
             finally:
                 self._close_sandboxes()
+                self._remove_scratch()
                 context.save()
             final = states[plan.target]
             for name in globals_.unused_build_args():
@@ -305,29 +310,38 @@ class Builder:
         states: dict[int, _State] = {}
         pending = list(plan.needed)
         running: dict[Any, int] = {}
-        with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)), thread_name_prefix="stage") as pool:
-            try:
-                while pending or running:
-                    ready = [i for i in pending if plan.deps[i] <= states.keys()]
-                    for index in ready:
-                        pending.remove(index)
-                        future = pool.submit(self._build_stage, recipe, plan, index, globals_, context, options, dict(states))
-                        running[future] = index
-                    if not running:
-                        raise BuildError("the stages depend on each other in a cycle")
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        index = running.pop(future)
-                        states[index] = future.result()  # the first failure ends the build
-            except BaseException:
-                self._cancelled = True  # the other stages stop at their next step
-                for future in running:
-                    future.cancel()
-                with self._emit_lock:
-                    sandboxes = list(self._sandboxes)
-                for sandbox in sandboxes:
-                    sandbox.cancel()  # and what they run now is killed
-                raise
+        pool = None
+        try:
+            while pending or running:
+                ready = [i for i in pending if plan.deps[i] <= states.keys()]
+                for index in ready:
+                    pending.remove(index)
+                if len(ready) == 1 and not running:  # nothing to overlap with: build it in this thread
+                    states[ready[0]] = self._build_stage(recipe, plan, ready[0], globals_, context, options, dict(states))
+                    continue
+                if pool is None:
+                    pool = ThreadPoolExecutor(max_workers=min(8, len(plan.needed)), thread_name_prefix="stage")
+                for index in ready:
+                    future = pool.submit(self._build_stage, recipe, plan, index, globals_, context, options, dict(states))
+                    running[future] = index
+                if not running:
+                    raise BuildError("the stages depend on each other in a cycle")
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    index = running.pop(future)
+                    states[index] = future.result()  # the first failure ends the build
+        except BaseException:
+            self._cancelled = True  # the other stages stop at their next step
+            for future in running:
+                future.cancel()
+            with self._emit_lock:
+                sandboxes = list(self._sandboxes)
+            for sandbox in sandboxes:
+                sandbox.cancel()  # and what they run now is killed
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
         return states
 
     def _build_stage(
@@ -566,6 +580,32 @@ class Builder:
             return workdir_action(state.config.working_dir, options)
         return copy_action(self, instruction, state, context, options, done, plan)
 
+    def scratch_root(self) -> str:
+        """This build's directory for its steps' throwaway files (secrets, tmpfs mounts, downloads).
+
+        It holds a lock while the build runs; a build killed with SIGKILL
+        leaves one unlocked, which the next build sweeps.
+        """
+        with self._emit_lock:
+            if self._scratch is None:
+                from .namespace_sandbox import default_state_root
+
+                base = default_state_root().parent / "builds"
+                os.makedirs(base, mode=0o700, exist_ok=True)
+                _sweep_scratch(base)
+                root = tempfile.mkdtemp(prefix="build-", dir=base)
+                lock = os.open(os.path.join(root, ".lock"), os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                self._scratch = (root, lock)
+            return self._scratch[0]
+
+    def _remove_scratch(self) -> None:
+        if self._scratch is not None:
+            root, lock = self._scratch
+            self._scratch = None
+            shutil.rmtree(root, ignore_errors=True)
+            os.close(lock)
+
     def sandbox(self) -> Any:
         """This thread's sandbox (one per stage thread: runs of one sandbox are sequential)."""
         sandbox = getattr(self._local, "sandbox", None)
@@ -745,6 +785,23 @@ def _triggers(on_build: tuple[str, ...], where: From) -> list[Any]:
             raise BuildError(f"ONBUILD trigger {expression!r} of the base image: {exc}", where.span) from None
         out.append(Onbuild(where.span, _relocated(trigger, where), expression))
     return out
+
+
+def _sweep_scratch(base: str | os.PathLike[str]) -> None:
+    """Remove the scratch directories of builds that died (their lock is free)."""
+    for entry in os.scandir(base):
+        try:
+            lock = os.open(os.path.join(entry.path, ".lock"), os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            continue  # being made right now, or not ours
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue
+        else:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(lock)
 
 
 def _relocated(instruction: Instruction, where: From) -> Instruction:

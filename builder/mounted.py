@@ -52,7 +52,9 @@ def in_mounted_root(
         os.mkdir(os.path.join(where, "root"))
         os.mkdir(os.path.join(where, "source"))
         read, write = os.pipe2(os.O_CLOEXEC)
-        pid = os.fork()
+        from . import _linux as linux
+
+        pid = linux.fork_ignoring_terminal_signals()
         if pid == 0:  # pragma: no cover - the child; its outcome is checked by the parent
             os.close(read)
             _child(where, rootfs, source, operation, write)

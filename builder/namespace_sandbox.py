@@ -417,7 +417,7 @@ class NamespaceSandbox:
         assert self._pidns is not None
         linux.unshare(linux.CLONE_NEWPID)
         try:
-            pid = os.fork()
+            pid = linux.fork_ignoring_terminal_signals()
         except BaseException:
             linux.setns(self._pidns, linux.CLONE_NEWPID)
             raise
@@ -431,7 +431,7 @@ def _fork_rootless(container: Container, report_w: int, life_r: int, life_w: int
     """Unprivileged: a first child makes the user namespace, gets its ids mapped, then forks PID 1."""
     ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
     mapped_r, mapped_w = os.pipe2(os.O_CLOEXEC)
-    pid = os.fork()
+    pid = linux.fork_ignoring_terminal_signals()
     if pid == 0:
         code = 1
         try:
@@ -445,7 +445,7 @@ def _fork_rootless(container: Container, report_w: int, life_r: int, life_w: int
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
             linux.unshare(linux.CLONE_NEWPID)
-            inner = os.fork()
+            inner = linux.fork_ignoring_terminal_signals()
             if inner == 0:
                 container.start(report_w, life_r, life_w, namespaces=NAMESPACES)
             for fd in container.stdio:
@@ -574,7 +574,7 @@ class _Warm:
         life_r, life_w = os.pipe2(os.O_CLOEXEC)
         linux.unshare(linux.CLONE_NEWPID)
         try:
-            pid = os.fork()
+            pid = linux.fork_ignoring_terminal_signals()
         except BaseException:
             linux.setns(pidns, linux.CLONE_NEWPID)
             for fd in (life_r, life_w):

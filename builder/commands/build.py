@@ -16,7 +16,6 @@ __all__ = ["run"]
 
 def run(args: dict[str, object], console: Console) -> int:
     from ..api import build
-    from ..outputs import parse_output
     from .build_output import renderer
     from .images import open_store
 
@@ -26,7 +25,11 @@ def run(args: dict[str, object], console: Console) -> int:
     network = str(args["network"] or "default")
     if network not in ("default", "none", "host"):
         raise UsageError(f"--network {network}: expected default, none or host")
-    outputs = [parse_output(str(o)) for o in args["output"]]  # type: ignore[attr-defined]
+    outputs = []
+    if args["output"]:
+        from ..outputs import parse_output
+
+        outputs = [parse_output(str(o)) for o in args["output"]]  # type: ignore[attr-defined]
     progress = renderer(progress_mode, console.err)
     try:
         result = build(
