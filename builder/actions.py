@@ -199,6 +199,7 @@ def workdir_action(path: str, options: BuildOptions) -> _Action:
 def copy_action(
     builder: Builder,
     instruction: Copy | Add,
+    scope: StageScope,
     state: _State,
     context: BuildContext,
     options: BuildOptions,
@@ -247,7 +248,7 @@ def copy_action(
     else:
         if instruction.heredocs or urls:
             scratch = _scratch(builder)
-            source_root = _inline_sources(instruction, scratch, span)
+            source_root = _inline_sources(instruction, scratch, span, scope)
         try:
             matches = source_root.select(
                 [_inline_name(s, instruction) for s in instruction.sources], exclude=instruction.exclude, parents=parents
@@ -349,15 +350,26 @@ def _url_name(url: str) -> str:
     return name or "index.html"
 
 
-def _inline_sources(instruction: Copy | Add, scratch: str, span: Any) -> BuildContext:
+def _inline_sources(instruction: Copy | Add, scratch: str, span: Any, scope: StageScope) -> BuildContext:
     """A context of the instruction's here-documents and downloads, for sources that are not context paths."""
+    from grammar.shell import ShellLexer
+
     from .context import BuildContext
 
     root = os.path.join(scratch, "inline")
     os.mkdir(root)
+    # BuildKit expands an unquoted delimiter's body like a word, keeping quotes and escapes as written.
+    lexer = ShellLexer(scope.lexer.escape, raw_quotes=True, raw_escapes=True)
     for heredoc in instruction.heredocs:
-        with open(os.path.join(root, heredoc.name), "w") as f:
-            f.write(heredoc.content)
+        content = heredoc.content
+        if heredoc.chomp:
+            content = "".join(line.lstrip("\t") for line in content.splitlines(keepends=True))
+        if heredoc.expand:
+            content = lexer.expand(content, scope.variables())
+        path = os.path.join(root, heredoc.name)
+        with open(path, "w") as f:
+            f.write(content)
+        os.chmod(path, 0o644)  # whatever the builder's umask
     for source in instruction.sources:
         if _is_url(source):
             from .download import download

@@ -465,16 +465,23 @@ class Builder:
         started: float,
     ) -> _State:
         action = self._action(instruction, scope, state, defaults, context, options, done, plan)
-        key = step_key(state.key, action.op)
-        created_by = steps.created_by(instruction, shell=defaults.shell) if not isinstance(instruction, Workdir) else f"WORKDIR {state.config.working_dir}"
+        # A --link layer does not depend on what lies below it: its key has no parent, so it
+        # is reused when an earlier step changes; the stage's key chain goes on through it.
+        parent = None if action.layers == () else state.key
+        key = step_key(parent, action.op)
+        chain = key if parent is not None else step_key(state.key, {"kind": "link", "layer": key})
+        if isinstance(instruction, Workdir):
+            created_by = f"WORKDIR {state.config.working_dir}"
+        else:
+            created_by = steps.created_by(instruction, shell=defaults.shell)
         hit = None if no_cache else self._lookup(key)
         if hit is not None:
             layer, created = hit
             action.close()
-            self._record.add(info, key, state.key, action.op, action.files, cached=True)
+            self._record.add(info, key, parent, action.op, action.files, cached=True, produces=chain)
             self._finish(info, cached=True, duration=time.monotonic() - started, layer=layer)
-            return self._with_layer(state, layer, key, created, created_by)
-        reasons = ("--no-cache",) if no_cache else tuple(self._explain(info, key, state.key, action.op, action.files))
+            return self._with_layer(state, layer, chain, created, created_by)
+        reasons = ("--no-cache",) if no_cache else tuple(self._explain(info, key, parent, action.op, action.files))
         self._emit(StepStarted(info, reasons))
         log = self._record.log(info.number)
         tail: deque[str] = deque(maxlen=_TAIL_LINES)
@@ -498,7 +505,7 @@ class Builder:
         finally:
             log.close()
             action.close()
-        self._record.add(info, key, state.key, action.op, action.files, cached=False)
+        self._record.add(info, key, parent, action.op, action.files, cached=False, produces=chain)
         self._put(key, layer, now)
         self._finish(
             info,
@@ -509,7 +516,7 @@ class Builder:
             max_rss=result.max_rss if result is not None else None,
             layer=layer,
         )
-        return replace(self._with_layer(state, layer, key, now, created_by), all_cached=False)
+        return replace(self._with_layer(state, layer, chain, now, created_by), all_cached=False)
 
     def _with_layer(self, state: _State, layer: Layer | None, key: str, created: str, created_by: str) -> _State:
         entry = HistoryEntry(created=created, created_by=created_by, empty_layer=layer is None)
@@ -578,7 +585,7 @@ class Builder:
             return run_action(self, instruction, scope, state, defaults, context, options)
         if isinstance(instruction, Workdir):
             return workdir_action(state.config.working_dir, options)
-        return copy_action(self, instruction, state, context, options, done, plan)
+        return copy_action(self, instruction, scope, state, context, options, done, plan)
 
     def scratch_root(self) -> str:
         """This build's directory for its steps' throwaway files (secrets, tmpfs mounts, downloads).

@@ -79,8 +79,17 @@ class BuildRecord:
         return open(self._log_dir / f"{number}.log", "wb")
 
     def add(
-        self, info: StepInfo, key: str, parent: str | None, op: dict[str, Any], files: dict[str, str], *, cached: bool
+        self,
+        info: StepInfo,
+        key: str,
+        parent: str | None,
+        op: dict[str, Any],
+        files: dict[str, str],
+        *,
+        cached: bool,
+        produces: str | None = None,
     ) -> None:
+        """Record a layer step; `produces` is the key the steps after it build on, when not `key` (--link)."""
         self.steps.append(
             {
                 "number": info.number,
@@ -88,6 +97,7 @@ class BuildRecord:
                 "index": info.index,
                 "text": info.text,
                 "key": key,
+                "produces": produces or key,
                 "parent": parent,
                 "op": op,
                 "files": files,
@@ -139,7 +149,7 @@ class BuildRecord:
         return reasons or ["its inputs are unchanged, but the key format or the base changed"]
 
     def _parent_reason(self, parent: str | None, current: BuildRecord) -> str:
-        producer = next((s for s in current.steps if s["key"] == parent), None)
+        producer = next((s for s in current.steps if s["produces"] == parent), None)
         if producer is None:
             return "the base image changed"
         if not producer["cached"]:
