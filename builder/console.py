@@ -80,9 +80,23 @@ class StepBar:
 
         self._tqdm = tqdm
         self._bar = tqdm(total=total, unit="step", file=stream, leave=True, dynamic_ncols=True)
+        self._layer: tqdm | None = None
 
     def describe(self, text: str) -> None:
         self._bar.set_description_str(text[:60])
+
+    def committing(self, written: int | None) -> None:
+        """Show `written` bytes of a layer being committed, under the step bar; None: the layer is done."""
+        if written is None:
+            if self._layer is not None:
+                self._layer.close()
+                self._layer = None
+            return
+        if self._layer is None:
+            self._layer = self._tqdm(
+                desc="layer", unit="B", unit_scale=True, unit_divisor=1024, file=self._bar.fp, leave=False, position=1
+            )
+        self._layer.update(written - self._layer.n)
 
     def advance(self) -> None:
         self._bar.update(1)
@@ -91,4 +105,5 @@ class StepBar:
         self._tqdm.write(line, file=self._bar.fp)
 
     def close(self) -> None:
+        self.committing(None)
         self._bar.close()

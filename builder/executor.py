@@ -60,6 +60,7 @@ from .progress import (
     BuildFinished,
     BuildStarted,
     BuildWarning,
+    StepCommitting,
     StepFinished,
     StepInfo,
     StepOutput,
@@ -82,6 +83,7 @@ __all__ = ["BuildOptions", "BuildResult", "Builder", "StepRecord"]
 Layer = tuple[Descriptor, Digest]
 _SCRATCH = "scratch"
 _TAIL_LINES = 15
+_COMMIT_REPORT = 8 << 20  # bytes of layer between two StepCommitting events
 
 
 @dataclass(frozen=True, slots=True)
@@ -497,7 +499,7 @@ class Builder:
                         output=tuple(line for line in tail if line.strip()),
                         log=log.name,
                     )
-                layer = self._commit(checkout, options)
+                layer = self._commit(checkout, options, info)
             except BaseException:
                 with contextlib.suppress(Exception):
                     checkout.remove()
@@ -523,11 +525,22 @@ class Builder:
         layers = state.layers if layer is None else (*state.layers, layer)
         return replace(state, layers=layers, history=(*state.history, entry), key=key)
 
-    def _commit(self, checkout: Any, options: BuildOptions) -> Layer | None:
+    def _commit(self, checkout: Any, options: BuildOptions, info: StepInfo) -> Layer | None:
         if not any(os.scandir(checkout.upper_dir)):
             checkout.remove()
             return None
-        committed = checkout.commit(source_date_epoch=options.source_date_epoch, lease=self._lease)
+        written = reported = 0
+
+        def progress(count: int) -> None:
+            nonlocal written, reported
+            written += count
+            if written - reported >= _COMMIT_REPORT:
+                reported = written
+                self._emit(StepCommitting(info, written))
+
+        self._emit(StepCommitting(info, 0))
+        committed = checkout.commit(source_date_epoch=options.source_date_epoch, lease=self._lease, progress=progress)
+        self._emit(StepCommitting(info, written))
         return committed.layer.descriptor, committed.layer.diff_id
 
     # ---- cache records -----------------------------------------------------

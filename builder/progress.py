@@ -3,6 +3,7 @@
     BuildStarted         the plan: how many steps, which stages
     StepStarted          a layer step begins, after its cache lookup missed, and why
     StepOutput           bytes a RUN step wrote (stdout 1, stderr 2), as they come
+    StepCommitting       a layer step's files are being written as a layer (bytes so far)
     StepFinished         a step is done: cached or built, why it missed, what it cost
     BuildWarning         something the user should know (unused build args...)
     BuildFinished        the image, and whether it was already up to date
@@ -31,6 +32,7 @@ __all__ = [
     "BuildWarning",
     "Event",
     "Progress",
+    "StepCommitting",
     "StepFinished",
     "StepInfo",
     "StepOutput",
@@ -77,6 +79,14 @@ class StepOutput:
 
 
 @dataclass(frozen=True, slots=True)
+class StepCommitting:
+    """`written` bytes of the step's layer tar so far: 0 first, then every few MiB, and at the end."""
+
+    step: StepInfo
+    written: int
+
+
+@dataclass(frozen=True, slots=True)
 class StepFinished:
     """`layer_step`: RUN, COPY, ADD or WORKDIR (a step with a cache key); the others only change the config.
 
@@ -107,5 +117,5 @@ class BuildFinished:
     duration: float
 
 
-Event = BuildStarted | StepStarted | StepOutput | StepFinished | BuildWarning | BuildFinished
+Event = BuildStarted | StepStarted | StepOutput | StepCommitting | StepFinished | BuildWarning | BuildFinished
 Progress = Callable[[Event], None]

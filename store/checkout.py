@@ -24,7 +24,7 @@ from .errors import AlreadyExists, MalformedDocument, NotFound
 from .image import chain_id
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
     from pathlib import Path
 
     from .content import BlobLease
@@ -63,6 +63,7 @@ class Checkout:
         compression: Compression | None = None,
         source_date_epoch: int | None = None,
         lease: BlobLease | None = None,
+        progress: Callable[[int], None] | None = None,
     ) -> Committed:
         """Turn what was written into a layer blob, and the snapshot into the committed one of the new stack.
 
@@ -73,7 +74,8 @@ class Checkout:
         chainID (or, when another build committed that stack first, removed
         in favour of theirs). The checkout's lease is released either way;
         pass the caller's `lease` to keep the new blob from prune until an
-        image or cache record references it.
+        image or cache record references it. `progress(n)` hears of every n
+        bytes of the layer's tar.
         """
         from .layer import write_layer
 
@@ -86,6 +88,7 @@ class Checkout:
                 source_date_epoch=source_date_epoch,
                 overlay_upper=self.parent is not None,
                 lease=lease,
+                progress=progress,
             )
             chain = str(chain_id([Digest.parse(self.parent), layer.diff_id]) if self.parent else layer.diff_id)
             try:

@@ -27,6 +27,10 @@ from .errors import DigestMismatch, StoreError
 from .tarapply import Applied, apply_tar
 from .tarwriter import write_tree
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = ["Layer", "apply_layer", "unpack_layer", "write_layer"]
 
 
@@ -47,6 +51,7 @@ def write_layer(
     source_date_epoch: int | None = None,
     overlay_upper: bool = False,
     lease: BlobLease | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> Layer:
     """Commit the tree under `root` as a layer blob; the same tree gives the same blob.
 
@@ -54,6 +59,7 @@ def write_layer(
     `overlay_upper`, `root` is an OverlayFS upper directory whose whiteouts
     become OCI ones (see store.tarwriter.write_tree). With `lease`, the blob is
     leased before it is committed, so a concurrent prune cannot take it.
+    `progress(n)` hears of every n bytes of tar written.
     """
     diff = Digester()
     with store.writer() as writer:
@@ -61,16 +67,20 @@ def write_layer(
         # zstd runs multi-threaded (at least one worker, so the frame is the same
         # whatever the number of CPUs).
         with compressor(compression, blob) as sink:  # type: ignore[arg-type]
-            if compression is Compression.NONE:
-                size = write_tree(root, sink.write, source_date_epoch=source_date_epoch, overlay_upper=overlay_upper)
+            update = diff.update if compression is not Compression.NONE else None
+            send = sink.write
+            if update is None and progress is None:
+                write = send
             else:
-                update, send = diff.update, sink.write
 
                 def write(data: bytes | bytearray | memoryview) -> None:
-                    update(data)
+                    if update is not None:
+                        update(data)
                     send(data)
+                    if progress is not None:
+                        progress(len(data))
 
-                size = write_tree(root, write, source_date_epoch=source_date_epoch, overlay_upper=overlay_upper)
+            size = write_tree(root, write, source_date_epoch=source_date_epoch, overlay_upper=overlay_upper)
         blob.flush()
         info = lease.commit(writer) if lease is not None else writer.commit()
     diff_id = info.digest if compression is Compression.NONE else diff.digest()

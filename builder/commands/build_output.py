@@ -4,7 +4,8 @@
             `#3 CACHED`, `#3 cache miss: env V: 1 -> 2`, RUN output prefixed
             `#3 `, `#3 DONE 1.2s (cpu 0.9s, peak memory 12.3 MiB)`
     json    one JSON object per line (`{"event": "step_finished", ...}`)
-    tty     a tqdm bar of steps, with each step's outcome written above it
+    tty     a tqdm bar of steps, with each step's outcome written above it, and
+            a bar of bytes while a step's layer is written
     quiet   nothing (the command prints the image id at the end)
 """
 
@@ -19,6 +20,7 @@ from ..progress import (
     BuildFinished,
     BuildStarted,
     BuildWarning,
+    StepCommitting,
     StepFinished,
     StepOutput,
     StepStarted,
@@ -114,7 +116,7 @@ class JsonLog:
         record: dict[str, object]
         if isinstance(event, BuildStarted):
             record = {"event": "build_started", "steps": event.steps, "stages": list(event.stages)}
-        elif isinstance(event, (StepStarted, StepOutput, StepFinished)):
+        elif isinstance(event, (StepStarted, StepOutput, StepCommitting, StepFinished)):
             step = event.step
             record = {
                 "step": step.number,
@@ -126,6 +128,8 @@ class JsonLog:
             }
             if isinstance(event, StepStarted):
                 record |= {"event": "step_started", "reasons": list(event.reasons)}
+            elif isinstance(event, StepCommitting):
+                record |= {"event": "step_committing", "written": event.written}
             elif isinstance(event, StepOutput):
                 record |= {"event": "step_output", "stream": "stdout" if event.stream == 1 else "stderr"}
                 record["data"] = event.data.decode(errors="replace")
@@ -175,7 +179,10 @@ class TerminalBar:
                 return
             if isinstance(event, StepStarted):
                 bar.describe(event.step.text)
+            elif isinstance(event, StepCommitting):
+                bar.committing(event.written)
             elif isinstance(event, StepFinished):
+                bar.committing(None)
                 if not event.layer_step:
                     status = ""
                 elif event.cached:
