@@ -30,6 +30,7 @@ EXIT_INTEGRITY = 3
 EXIT_ENVIRONMENT = 4
 EXIT_INTERNAL = 70
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer killed by it
 
 _USAGE = """usage: pybuild [--debug] [--store DIR] COMMAND [ARGS...]
 
@@ -139,6 +140,8 @@ def _report(exc: BaseException, debug: bool) -> int:
     if builder_errors is not None and isinstance(exc, builder_errors.BuilderError):
         print(f"pybuild: error: {exc}", file=sys.stderr)
         return EXIT_ENVIRONMENT if isinstance(exc, builder_errors.SandboxError) else EXIT_USAGE
+    if isinstance(exc, BrokenPipeError):  # `pybuild images | head`: the reader has all it wanted
+        return EXIT_BROKEN_PIPE
     if isinstance(exc, OSError):
         where = f": {exc.filename}" if exc.filename else ""
         print(f"pybuild: error: {exc.strerror or exc}{where}", file=sys.stderr)

@@ -56,7 +56,15 @@ def parse_output(text: str) -> Output:
 
 
 def export(store: Store, result: BuildResult, output: Output) -> None:
-    """Write `result`'s image to `output`."""
+    """Write `result`'s image to `output` (its parent directories made as needed)."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output.dest)), exist_ok=True)
+        _export(store, result, output)
+    except OSError as exc:
+        raise BuildError(f"--output type={output.type},dest={output.dest}: {exc.strerror or exc}") from None
+
+
+def _export(store: Store, result: BuildResult, output: Output) -> None:
     from store.transfer import save
 
     tag = result.tags[0] if result.tags else None
