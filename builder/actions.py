@@ -211,8 +211,8 @@ def copy_action(
     span = instruction.span
     word = type(instruction).__name__.upper()
     if isinstance(instruction, Add):
-        if instruction.keep_git_dir:
-            raise BuildError("ADD --keep-git-dir: git sources are not supported yet", span)
+        if instruction.keep_git_dir or any(_is_git(s) for s in instruction.sources):
+            raise BuildError("ADD of a git repository: not supported yet (clone it into the context, then COPY)", span)
         if instruction.checksum and not all(_is_url(s) for s in instruction.sources):
             raise BuildError("ADD --checksum: only for http(s) sources", span)
     try:
@@ -327,6 +327,11 @@ def _other_root(builder: Builder, name: str, done: dict[int, _State], plan: _Pla
     except NotFound:
         raise BuildError(f"COPY --from={name}: no stage or image of that name in the store", span) from None
     return image_layers(image), f"image:{image.manifest_descriptor.digest}"
+
+
+def _is_git(source: str) -> bool:
+    """A git source as BuildKit recognises one: git@host:path, git://, or an http(s) URL ending in .git."""
+    return source.startswith(("git@", "git://")) or (_is_url(source) and source.split("#")[0].endswith(".git"))
 
 
 def _is_url(source: str) -> bool:

@@ -8,6 +8,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from tests.build.conftest import PYBUILD, flatten
 from tests.support import REPO
 
@@ -74,3 +76,32 @@ def test_ctrl_c_stops_the_build_and_leaves_nothing(fresh_store, context_dir: Pat
 
     records = Store(fresh_store.root).metadata.snapshots()
     assert [r.key for r in records if r.kind != "committed"] == []  # the RUN's writable snapshot is gone
+
+
+def test_a_failing_run_on_the_command_line(fresh_store, context_dir: Path) -> None:
+    (context_dir / "Recipefile").write_text("FROM busybox\nRUN echo first line && echo the error >&2 && exit 42\n")
+    done = subprocess.run(
+        [*PYBUILD, "--store", str(fresh_store.root), "build", "--progress", "plain", str(context_dir)],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    lines = done.stderr.splitlines()
+    failure = next(i for i, line in enumerate(lines) if "error:" in line)
+    assert lines[failure] == f"{context_dir}/Recipefile:2:1: error: RUN failed: exit status 42 (step #2 [0 2/2])"
+    assert lines[failure + 1 : failure + 4] == ["  output (last 2 lines):", "    first line", "    the error"]
+    assert lines[failure + 4].startswith("  full log: ")
+
+
+def test_memory_limit_of_run_steps(make_build) -> None:
+    from builder.errors import StepFailed
+
+    with pytest.raises(StepFailed, match="killed: memory limit 64 MiB exceeded"):
+        make_build("FROM busybox\nRUN tail /dev/zero\n", memory=64 << 20)
+
+
+def test_git_sources_fail_loudly(make_build) -> None:
+    from builder.errors import BuildError
+
+    with pytest.raises(BuildError, match="ADD of a git repository: not supported yet"):
+        make_build("FROM busybox\nADD https://example.invalid/repo.git /src\n")
