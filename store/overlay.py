@@ -8,6 +8,15 @@ mount option string when written relative to `snapshots/`. Records (kind,
 parent) live in the store's metadata database; the directory follows its
 record, so commit renames `<id of key>` to `<id of name>`.
 
+Committed snapshots are a cache of their layer blobs, which are the truth
+(fsynced by the content store). Their files are not synced to disk: a
+commit writes `snapshots/<id>/boot`, this boot's id, and a snapshot made in
+an earlier boot is not usable, since a crash may have torn its files (the
+kernel writes everything back on a clean shutdown, but nothing here can tell
+one from a crash). It is unpacked again from its blob on first use. Writing
+a layer's files twice (blob and snapshot) to disk on every commit cost as
+much as a build step's own work for large layers.
+
 Mount options turn off what would make an upper directory more than a plain
 change set: `redirect_dir` (renamed directories), `metacopy` (metadata-only
 copy-up) and `index` (hard-link bookkeeping). Unprivileged, OverlayFS keeps
@@ -17,6 +26,7 @@ its markers in `user.overlay.*` xattrs (`userxattr`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import shutil
@@ -24,7 +34,6 @@ import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .durable import sync_filesystem
 from .errors import AlreadyExists, NotFound, StoreError
 from .snapshots import Kind, Mount, SnapshotInfo
 
@@ -36,6 +45,13 @@ if TYPE_CHECKING:
 __all__ = ["OverlaySnapshotter", "merged_entry"]
 
 _OVERLAY_OPTIONS = ("metacopy=off", "index=off")
+_BOOT = "boot"
+
+
+@functools.cache
+def _boot_id() -> str:
+    with open("/proc/sys/kernel/random/boot_id") as f:
+        return f.read().strip()
 
 
 class OverlaySnapshotter:
@@ -68,11 +84,11 @@ class OverlaySnapshotter:
         """Make active `key` the committed snapshot `name` (AlreadyExists when another commit won).
 
         Its files were written without fsync (by a layer unpack, or by a
-        container): they are written back first, so that a crash never leaves
-        a committed snapshot with torn files, which nothing would notice.
+        container) and stay so: the snapshot is marked with this boot's id,
+        and is usable in this boot only (see the module docstring).
         """
         if self.stat(key).kind is Kind.ACTIVE:  # else NotFound, or the metadata's refusal below
-            sync_filesystem(self.upper_dir(key))
+            (self._dir(key) / _BOOT).write_text(_boot_id())
         with self._metadata.gc_lock(exclusive=False):
             self._metadata.commit_snapshot(key, name)  # AlreadyExists when the name is taken
             shutil.rmtree(self._dir(key) / "work", ignore_errors=True)
@@ -95,12 +111,17 @@ class OverlaySnapshotter:
         return self._dir(key) / "fs"
 
     def usable(self, name: str) -> bool:
-        """Whether committed snapshot `name` exists with its files (a cache: they may be gone)."""
+        """Whether committed snapshot `name` exists with its files, made in this boot (a cache: they may be gone)."""
         try:
             info = self.stat(name)
         except NotFound:
             return False
-        return info.kind is Kind.COMMITTED and os.path.isdir(self.upper_dir(name))
+        if info.kind is not Kind.COMMITTED or not os.path.isdir(self.upper_dir(name)):
+            return False
+        try:
+            return (self._dir(name) / _BOOT).read_text() == _boot_id()
+        except FileNotFoundError:
+            return True  # committed by a pybuild that synced its snapshots
 
     def discard_damaged(self, name: str) -> bool:
         """Forget committed snapshot `name` if it is recorded but its files are gone (with what is stacked on it).

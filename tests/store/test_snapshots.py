@@ -474,6 +474,25 @@ def test_a_missing_committed_snapshot_is_rebuilt_from_blobs(store: Store) -> Non
     again.remove()
 
 
+def test_a_snapshot_of_an_earlier_boot_is_unpacked_again(store: Store) -> None:
+    # Snapshot files are not synced: after a reboot (a crash, as far as anyone can tell) they may be torn.
+    image = store.image("busybox")
+    chain = str(chain_id(list(image.config.diff_ids)))
+    store.checkout(image).remove()
+    fs = store.snapshots.upper_dir(chain)
+    marker = fs.parent / "boot"
+    assert marker.read_text() == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    expected = describe(fs)
+    torn = next(p for p in sorted(fs.rglob("*")) if p.is_file() and not p.is_symlink() and p.stat().st_size > 0)
+    torn.write_bytes(b"")  # what a crash can leave of a file written without fsync
+    marker.write_text("00000000-0000-0000-0000-000000000000")
+    assert not store.snapshots.usable(chain)
+    again = store.checkout(image)
+    assert store.snapshots.usable(chain)
+    assert describe(fs) == expected
+    again.remove()
+
+
 def test_a_corrupt_blob_leaves_no_half_unpacked_snapshot(store: Store) -> None:
     image = store.image("busybox")
     chain = str(chain_id(list(image.config.diff_ids)))
