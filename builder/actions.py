@@ -57,7 +57,6 @@ def run_action(
     options: BuildOptions,
 ) -> _Action:
     from . import run_mounts
-    from .sandbox import Bind
 
     span = instruction.span
     if instruction.security not in (None, "sandbox"):
@@ -69,7 +68,7 @@ def run_action(
         raise BuildError(f"RUN --network={network}: expected default, none or host", span)
     workdir = state.config.working_dir or "/"
     scratch = _scratch(builder)
-    binds: list[Bind] = []
+    binds: list[Any] = []  # sandbox.Bind
     argv = _run_argv(instruction, defaults.shell, scratch, binds)
     env = _run_env(state.config.env, scope)
     prepared = run_mounts.prepare(
@@ -206,8 +205,6 @@ def copy_action(
     done: dict[int, _State],
     plan: _Plan,
 ) -> _Action:
-    from . import fileops
-
     span = instruction.span
     word = type(instruction).__name__.upper()
     if isinstance(instruction, Add):
@@ -215,10 +212,6 @@ def copy_action(
             raise BuildError("ADD of a git repository: not supported yet (clone it into the context, then COPY)", span)
         if instruction.checksum and not all(_is_url(s) for s in instruction.sources):
             raise BuildError("ADD --checksum: only for http(s) sources", span)
-    try:
-        chmod = fileops.parse_chmod(instruction.chmod) if instruction.chmod else None
-    except ContextError as exc:
-        raise ContextError(exc.message, span) from None
     workdir = state.config.working_dir or "/"
     parents = bool(getattr(instruction, "parents", False))
     # ADD unpacks local archives; a download only when asked (--unpack), as BuildKit does.
@@ -261,7 +254,10 @@ def copy_action(
         files = {e.rel: e.digest or f"{e.kind}:{e.target or ''}:{e.mode:o}" for m in matches for e in m.entries}
 
     def operation(root: str, mounted_source: str | None) -> None:
+        from . import fileops
         from .context import BuildContext
+
+        chmod = fileops.parse_chmod(instruction.chmod) if instruction.chmod else None
 
         if mounted_source is not None:
             tree = BuildContext(mounted_source)

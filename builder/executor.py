@@ -37,10 +37,12 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from grammar import Add, Arg, Copy, From, Instruction, Run, Shell, Workdir
+from grammar.record import record
 from grammar.scope import GlobalScope, StageScope
 from store.descriptor import Descriptor, MediaType
 from store.digest import Digest
@@ -84,19 +86,20 @@ Layer = tuple[Descriptor, Digest]
 _SCRATCH = "scratch"
 _TAIL_LINES = 15
 _COMMIT_REPORT = 8 << 20  # bytes of layer between two StepCommitting events
+_NOTHING: Mapping[str, Any] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BuildOptions:
     """How to build: everything `pybuild build` takes but the recipe and context."""
 
     target: str | None = None
-    build_args: Mapping[str, str] = field(default_factory=dict)
+    build_args: Mapping[str, str] = _NOTHING
     tags: tuple[str, ...] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, str] = _NOTHING
     no_cache: bool = False
     no_cache_filter: tuple[str, ...] = ()
-    secrets: Mapping[str, Secret] = field(default_factory=dict)
+    secrets: Mapping[str, Secret] = _NOTHING
     memory: int | None = None
     cpus: float | None = None
     network: str = "host"
@@ -104,7 +107,7 @@ class BuildOptions:
     platform: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepRecord:
     """What one step of a build did: cached or built, why it missed, and what it cost."""
 
@@ -122,7 +125,7 @@ class StepRecord:
     size: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BuildResult:
     """The image (manifest digest, Docker's image id), its config, and a record of every step."""
 
@@ -149,7 +152,7 @@ class BuildResult:
         return sum(1 for s in self.steps if s.layer_step and not s.cached)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _State:
     """A stage's result so far."""
 
@@ -162,7 +165,7 @@ class _State:
     all_cached: bool = True
 
 
-@dataclass
+@record
 class _Plan:
     stages: list[Stage]
     names: list[str]  # display name of each stage
@@ -232,7 +235,7 @@ class Builder:
         if text is None:
             return options
         try:
-            return replace(options, source_date_epoch=int(text))
+            return options._replace(source_date_epoch=int(text))
         except ValueError:
             raise BuildError(f"SOURCE_DATE_EPOCH={text}: not a number of seconds") from None
 
@@ -386,7 +389,7 @@ class Builder:
         if ref is not None:
             parent = done[ref]
             triggers = _triggers(parent.config.on_build, stage.base)
-            return replace(parent, config=replace(parent.config, on_build=())), triggers
+            return parent._replace(config=replace(parent.config, on_build=())), triggers
         if image.lower() == _SCRATCH:
             return _State((), ContainerConfig(), (), None, ("linux", architecture, variant)), []
         from store.checkout import image_layers
@@ -437,17 +440,17 @@ class Builder:
         if isinstance(instruction, (Run, Copy, Add, Workdir)):
             if isinstance(instruction, Workdir):
                 config = steps.configure(state.config, instruction, defaults)
-                state = replace(state, config=config)
+                state = state._replace(config=config)
             state = self._layer_step(instruction, scope, state, defaults, info, context, options, done, plan, no_cache, now, started)
             return state, defaults
         config = steps.configure(state.config, instruction, defaults)
         if isinstance(instruction, Shell):
-            defaults = replace(defaults, shell=tuple(instruction.argv))
+            defaults = defaults._replace(shell=tuple(instruction.argv))
         if type(instruction).__name__ == "Cmd":
-            defaults = replace(defaults, cmd_inherited=False)
+            defaults = defaults._replace(cmd_inherited=False)
         author = instruction.name if type(instruction).__name__ == "Maintainer" else state.author  # type: ignore[attr-defined]
         entry = HistoryEntry(created=now, created_by=steps.created_by(instruction, shell=defaults.shell), empty_layer=True)
-        state = replace(state, config=config, history=(*state.history, entry), author=author)
+        state = state._replace(config=config, history=(*state.history, entry), author=author)
         self._finish(info, cached=False, layer_step=False, duration=time.monotonic() - started)
         return state, defaults
 
@@ -518,12 +521,12 @@ class Builder:
             max_rss=result.max_rss if result is not None else None,
             layer=layer,
         )
-        return replace(self._with_layer(state, layer, chain, now, created_by), all_cached=False)
+        return self._with_layer(state, layer, chain, now, created_by)._replace(all_cached=False)
 
     def _with_layer(self, state: _State, layer: Layer | None, key: str, created: str, created_by: str) -> _State:
         entry = HistoryEntry(created=created, created_by=created_by, empty_layer=layer is None)
         layers = state.layers if layer is None else (*state.layers, layer)
-        return replace(state, layers=layers, history=(*state.history, entry), key=key)
+        return state._replace(layers=layers, history=(*state.history, entry), key=key)
 
     def _commit(self, checkout: Any, options: BuildOptions, info: StepInfo) -> Layer | None:
         if not any(os.scandir(checkout.upper_dir)):

@@ -14,8 +14,9 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from grammar.record import record
 
 from .errors import BuildError
 
@@ -29,7 +30,7 @@ __all__ = ["Output", "export", "parse_output"]
 _TYPES = ("oci", "docker", "local", "tar")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Output:
     type: str
     dest: str

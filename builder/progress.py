@@ -11,7 +11,8 @@
 A step is named `#N` (1-based over the whole build) and `[stage k/m]` within
 its stage, as BuildKit's plain log does. The callback is called from the
 thread that runs the step: a renderer for several parallel stages must be
-thread-safe. No rendering here: builder.commands.build_output draws bars,
+thread-safe. Events are `grammar.record`s (immutable, cheap to define:
+every build imports this module). No rendering here: builder.commands.build_output draws bars,
 plain lines or JSON.
 
     def show(event):
@@ -24,7 +25,8 @@ plain lines or JSON.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+
+from grammar.record import record
 
 __all__ = [
     "BuildFinished",
@@ -40,7 +42,7 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepInfo:
     """Which step: `number` of `total` in the build, `index` of `count` in `stage`, its text and location."""
 
@@ -57,13 +59,13 @@ class StepInfo:
         return f"#{self.number} [{self.stage} {self.index}/{self.count}] {self.text}"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BuildStarted:
     steps: int
     stages: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepStarted:
     """A layer step whose cache missed starts; `reasons` say why it missed."""
 
@@ -71,14 +73,14 @@ class StepStarted:
     reasons: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepOutput:
     step: StepInfo
     stream: int
     data: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepCommitting:
     """`written` bytes of the step's layer tar so far: 0 first, then every few MiB, and at the end."""
 
@@ -86,7 +88,7 @@ class StepCommitting:
     written: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StepFinished:
     """`layer_step`: RUN, COPY, ADD or WORKDIR (a step with a cache key); the others only change the config.
 
@@ -104,12 +106,12 @@ class StepFinished:
     size: int = 0  # the layer blob's size
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BuildWarning:
     message: str
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BuildFinished:
     image: str  # the manifest digest
     image_id: str  # the config digest, Docker's image id

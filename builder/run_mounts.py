@@ -26,11 +26,11 @@ import os
 import posixpath
 import shutil
 import tempfile
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from grammar.record import record
+
 from .errors import BuildError
-from .sandbox import Bind
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from grammar import MountSpec, Span
 
     from .context import BuildContext
+    from .sandbox import Bind
 
 __all__ = ["Prepared", "Secret", "prepare"]
 
@@ -53,7 +54,7 @@ _NOT_YET = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Secret:
     """A build secret: the file `path` holds it, or the environment variable `env` of the build."""
 
@@ -68,13 +69,15 @@ class Secret:
         return os.environ.get(self.env or self.id, "").encode()
 
 
-@dataclass
 class Prepared:
-    binds: list[Bind] = field(default_factory=list)
-    env: dict[str, str] = field(default_factory=dict)  # secrets as variables: never in the key
-    key: list[dict[str, Any]] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)  # bound context files, for --explain-cache
-    _cleanup: list[Callable[[], None]] = field(default_factory=list)
+    """What `prepare` made of a step's mounts: binds, secret variables, key fields, bound files."""
+
+    def __init__(self) -> None:
+        self.binds: list[Bind] = []
+        self.env: dict[str, str] = {}  # secrets as variables: never in the key
+        self.key: list[dict[str, Any]] = []
+        self.files: dict[str, str] = {}  # bound context files, for --explain-cache
+        self._cleanup: list[Callable[[], None]] = []
 
     def close(self) -> None:
         while self._cleanup:
@@ -134,6 +137,8 @@ def _one(
     elif kind == "bind":
         _bind(fields, target, out, span, scratch, context)  # type: ignore[arg-type]
     elif kind == "tmpfs":
+        from .sandbox import Bind
+
         out.binds.append(Bind(tempfile.mkdtemp(prefix="tmpfs-", dir=scratch), target))  # type: ignore[arg-type]
         out.key.append({"type": "tmpfs", "target": target})
     else:
@@ -189,6 +194,8 @@ def _cache(fields: Mapping[str, str | None], target: str, out: Prepared, span: S
         os.chown(path, uid, gid)
         os.chmod(path, mode)
     readonly = _flag(fields, "ro", "readonly")
+    from .sandbox import Bind
+
     out.binds.append(Bind(path, target, readonly=readonly))
     out.key.append({"type": "cache", "target": target, "id": cache_id, "ro": readonly})
 
@@ -212,6 +219,8 @@ def _bind(
         else:
             shutil.copy2(path, copy, follow_symlinks=False)
         path = copy
+    from .sandbox import Bind
+
     out.binds.append(Bind(path, target, readonly=not writable))
     out.key.append({"type": "bind", "target": target, "source": match.rel, "rw": writable, "content": context.digest([match])})
     out.files.update({f"{e.rel}": e.digest or e.kind for e in match.entries})
@@ -246,4 +255,6 @@ def _secret(
     os.chown(path, _number(fields, "uid", 0, span), _number(fields, "gid", 0, span))
     os.chmod(path, _number(fields, "mode", 0o400, span, 8))
     os.chmod(directory, 0o755)
+    from .sandbox import Bind
+
     out.binds.append(Bind(path, target, readonly=True))

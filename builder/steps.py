@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from grammar import (
     Add,
@@ -45,6 +45,7 @@ from grammar import (
     Volume,
     Workdir,
 )
+from grammar.record import record
 from store.image import ContainerConfig
 from store.image import Healthcheck as HealthcheckConfig
 
@@ -59,7 +60,7 @@ _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class StageDefaults:
     """What `configure` needs beyond the config: the stage's SHELL, and whether CMD came from the base image."""
 

@@ -16,7 +16,6 @@ __all__ = ["run"]
 
 def run(args: dict[str, object], console: Console) -> int:
     from ..api import build
-    from .build_output import renderer
     from .images import open_store
 
     progress_mode = "quiet" if args["quiet"] else str(args["progress"] or "auto")
@@ -30,7 +29,11 @@ def run(args: dict[str, object], console: Console) -> int:
         from ..outputs import parse_output
 
         outputs = [parse_output(str(o)) for o in args["output"]]  # type: ignore[attr-defined]
-    progress = renderer(progress_mode, console.err)
+    progress = None
+    if progress_mode != "quiet":
+        from .build_output import renderer
+
+        progress = renderer(progress_mode, console.err)
     try:
         result = build(
             str(args["context"]),
