@@ -67,7 +67,8 @@ def run_action(
     if network not in ("none", "host"):
         raise BuildError(f"RUN --network={network}: expected default, none or host", span)
     workdir = state.config.working_dir or "/"
-    scratch = _scratch(builder)
+    # a directory for secrets, tmpfs mounts and here-document scripts, only when there are any
+    scratch = _scratch(builder) if instruction.mounts or instruction.heredocs else ""
     binds: list[Any] = []  # sandbox.Bind
     argv = _run_argv(instruction, defaults.shell, scratch, binds)
     env = _run_env(state.config.env, scope)
@@ -131,7 +132,8 @@ def run_action(
 
     def close() -> None:
         prepared.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     return _Action(op, prepared.files, run, close)
 

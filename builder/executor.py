@@ -28,7 +28,6 @@ with the same step of the closest earlier build of the same recipe
 from __future__ import annotations
 
 import contextlib
-import datetime
 import fcntl
 import os
 import shutil
@@ -310,8 +309,6 @@ class Builder:
     def _build_stages(
         self, recipe: Recipe, plan: _Plan, globals_: GlobalScope, context: BuildContext, options: BuildOptions
     ) -> dict[int, _State]:
-        from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-
         states: dict[int, _State] = {}
         pending = list(plan.needed)
         running: dict[Any, int] = {}
@@ -325,12 +322,16 @@ class Builder:
                     states[ready[0]] = self._build_stage(recipe, plan, ready[0], globals_, context, options, dict(states))
                     continue
                 if pool is None:
+                    from concurrent.futures import ThreadPoolExecutor
+
                     pool = ThreadPoolExecutor(max_workers=min(8, len(plan.needed)), thread_name_prefix="stage")
                 for index in ready:
                     future = pool.submit(self._build_stage, recipe, plan, index, globals_, context, options, dict(states))
                     running[future] = index
                 if not running:
                     raise BuildError("the stages depend on each other in a cycle")
+                from concurrent.futures import FIRST_COMPLETED, wait
+
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
                     index = running.pop(future)
@@ -739,12 +740,9 @@ class Builder:
 
     @staticmethod
     def _now(options: BuildOptions) -> str:
-        when = (
-            datetime.datetime.fromtimestamp(options.source_date_epoch, datetime.UTC)
-            if options.source_date_epoch is not None
-            else datetime.datetime.now(datetime.UTC)
-        )
-        return when.replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+        """SOURCE_DATE_EPOCH, else now, as the config's RFC 3339 UTC time (whole seconds)."""
+        epoch = options.source_date_epoch
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if epoch is None else epoch))
 
 
 class _Action:
