@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from . import steps
     from .context import BuildContext
-    from .executor import Builder, BuildOptions, _Plan, _State
+    from .executor import Builder, BuildOptions, _Plan, _StageWork, _State
     from .progress import StepInfo
 
 __all__ = ["copy_action", "run_action", "workdir_action"]
@@ -47,17 +47,10 @@ def _scratch(builder: Builder) -> str:
 # ---- RUN ---------------------------------------------------------------------
 
 
-def run_action(
-    builder: Builder,
-    instruction: Run,
-    scope: StageScope,
-    state: _State,
-    defaults: steps.StageDefaults,
-    context: BuildContext,
-    options: BuildOptions,
-) -> _Action:
+def run_action(builder: Builder, instruction: Run, work: _StageWork, state: _State, defaults: steps.StageDefaults) -> _Action:
     from . import run_mounts
 
+    scope, context, options = work.scope, work.context, work.options
     span = instruction.span
     if instruction.security not in (None, "sandbox"):
         raise BuildError(f"RUN --security={instruction.security}: not supported (only sandbox)", span)
@@ -197,16 +190,8 @@ def workdir_action(path: str, options: BuildOptions) -> _Action:
 # ---- COPY and ADD ------------------------------------------------------------
 
 
-def copy_action(
-    builder: Builder,
-    instruction: Copy | Add,
-    scope: StageScope,
-    state: _State,
-    context: BuildContext,
-    options: BuildOptions,
-    done: dict[int, _State],
-    plan: _Plan,
-) -> _Action:
+def copy_action(builder: Builder, instruction: Copy | Add, work: _StageWork, state: _State) -> _Action:
+    scope, context, options = work.scope, work.context, work.options
     span = instruction.span
     word = type(instruction).__name__.upper()
     if isinstance(instruction, Add):
@@ -238,7 +223,7 @@ def copy_action(
     source_root: Any = context
     matches = None
     if from_stage is not None:
-        source_layers, identity = _other_root(builder, from_stage, done, plan, span)
+        source_layers, identity = _other_root(builder, from_stage, work.done, work.plan, span)
         op["from"] = identity
     else:
         if instruction.heredocs or urls:

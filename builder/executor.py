@@ -165,6 +165,19 @@ class _State:
 
 
 @record
+class _StageWork:
+    """What every step of one stage reads: the plan, the build context and options, the stages built
+    before it, its variables in scope, and whether its cache is to be ignored."""
+
+    plan: _Plan
+    context: BuildContext
+    options: BuildOptions
+    done: dict[int, _State]
+    scope: StageScope
+    no_cache: bool
+
+
+@record
 class _Plan:
     stages: list[Stage]
     names: list[str]  # display name of each stage
@@ -371,13 +384,14 @@ class Builder:
         scope = StageScope(globals_, image_env=[tuple(e.partition("=")[::2]) for e in state.config.env])  # type: ignore[misc]
         defaults = steps.StageDefaults(shell=state.config.shell or steps.DEFAULT_SHELL, cmd_inherited=True)
         no_cache = options.no_cache or name in options.no_cache_filter or (stage.name or "") in options.no_cache_filter
+        work = _StageWork(plan, context, options, done, scope, no_cache)
         for trigger in triggers:
             trigger_info = self._info(first + 1, name, 1, count, f"ONBUILD {trigger.expression}", trigger.span)
-            state, defaults = self._step(trigger.trigger, scope, state, defaults, trigger_info, context, options, done, plan, no_cache)
+            state, defaults = self._step(trigger.trigger, work, state, defaults, trigger_info)
         for position, instruction in enumerate(stage.instructions, start=2):
             text = _instruction_text(recipe, instruction)
             step = self._info(first + position, name, position, count, text, instruction.span)
-            state, defaults = self._step(instruction, scope, state, defaults, step, context, options, done, plan, no_cache)
+            state, defaults = self._step(instruction, work, state, defaults, step)
         return state
 
     def _base(
@@ -418,23 +432,13 @@ class Builder:
     # ---- one step --------------------------------------------------------------
 
     def _step(
-        self,
-        raw: Instruction,
-        scope: StageScope,
-        state: _State,
-        defaults: steps.StageDefaults,
-        info: StepInfo,
-        context: BuildContext,
-        options: BuildOptions,
-        done: dict[int, _State],
-        plan: _Plan,
-        no_cache: bool,
+        self, raw: Instruction, work: _StageWork, state: _State, defaults: steps.StageDefaults, info: StepInfo
     ) -> tuple[_State, steps.StageDefaults]:
         if getattr(self, "_cancelled", False):
             raise BuildError("cancelled: another stage failed")
         started = time.monotonic()
-        instruction = scope.apply(raw)
-        now = self._now(options)
+        instruction = work.scope.apply(raw)
+        now = self._now(work.options)
         if isinstance(instruction, Arg):
             self._finish(info, cached=False, layer_step=False, duration=time.monotonic() - started)
             return state, defaults
@@ -442,7 +446,7 @@ class Builder:
             if isinstance(instruction, Workdir):
                 config = steps.configure(state.config, instruction, defaults)
                 state = state._replace(config=config)
-            state = self._layer_step(instruction, scope, state, defaults, info, context, options, done, plan, no_cache, now, started)
+            state = self._layer_step(instruction, work, state, defaults, info, now, started)
             return state, defaults
         config = steps.configure(state.config, instruction, defaults)
         if isinstance(instruction, Shell):
@@ -458,19 +462,15 @@ class Builder:
     def _layer_step(
         self,
         instruction: Run | Copy | Add | Workdir,
-        scope: StageScope,
+        work: _StageWork,
         state: _State,
         defaults: steps.StageDefaults,
         info: StepInfo,
-        context: BuildContext,
-        options: BuildOptions,
-        done: dict[int, _State],
-        plan: _Plan,
-        no_cache: bool,
         now: str,
         started: float,
     ) -> _State:
-        action = self._action(instruction, scope, state, defaults, context, options, done, plan)
+        no_cache = work.no_cache
+        action = self._action(instruction, work, state, defaults)
         # A --link layer does not depend on what lies below it: its key has no parent, so it
         # is reused when an earlier step changes; the stage's key chain goes on through it.
         parent = None if action.layers == () else state.key
@@ -503,7 +503,7 @@ class Builder:
                         output=tuple(line for line in tail if line.strip()),
                         log=log.name,
                     )
-                layer = self._commit(checkout, options, info)
+                layer = self._commit(checkout, work.options, info)
             except BaseException:
                 with contextlib.suppress(Exception):
                     checkout.remove()
@@ -586,23 +586,15 @@ class Builder:
     # ---- actions ---------------------------------------------------------------
 
     def _action(
-        self,
-        instruction: Run | Copy | Add | Workdir,
-        scope: StageScope,
-        state: _State,
-        defaults: steps.StageDefaults,
-        context: BuildContext,
-        options: BuildOptions,
-        done: dict[int, _State],
-        plan: _Plan,
+        self, instruction: Run | Copy | Add | Workdir, work: _StageWork, state: _State, defaults: steps.StageDefaults
     ) -> _Action:
         from .actions import copy_action, run_action, workdir_action
 
         if isinstance(instruction, Run):
-            return run_action(self, instruction, scope, state, defaults, context, options)
+            return run_action(self, instruction, work, state, defaults)
         if isinstance(instruction, Workdir):
-            return workdir_action(state.config.working_dir, options)
-        return copy_action(self, instruction, scope, state, context, options, done, plan)
+            return workdir_action(state.config.working_dir, work.options)
+        return copy_action(self, instruction, work, state)
 
     def scratch_root(self) -> str:
         """This build's directory for its steps' throwaway files (secrets, tmpfs mounts, downloads).

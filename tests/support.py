@@ -1,8 +1,9 @@
-"""Paths the tests share: the repository, its fixtures, and ../shared beside the checkout."""
+"""What the tests share: the repository, its fixtures, ../shared beside the checkout, external tools."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,5 +20,17 @@ def shared_path(*parts: str) -> Path:
         reason = f"{path} not found: the shared conformance data lives beside the checkout"
         if os.environ.get("CI") == "true":
             pytest.fail(reason + " (required under CI=true)")
+        pytest.skip(reason)
+    return path
+
+
+def external_tool(name: str, package: str | None = None) -> str:
+    """The path of the program `name` (Debian package `package`, default the same name); skip the
+    test without it, but fail under CI=true, where .ci/run installs it."""
+    path = shutil.which(name)
+    if path is None:
+        reason = f"{name} is not installed (Debian: apt-get install {package or name})"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason + "; required under CI=true")
         pytest.skip(reason)
     return path

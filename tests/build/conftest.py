@@ -8,7 +8,9 @@ for real: namespaces, OverlayFS, the sandbox, the layer writer.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -25,7 +27,7 @@ from store.images import Store
 from store.layer import apply_layer
 from store.reference import parse_reference
 from store.rootfs import import_rootfs
-from tests.support import REPO
+from tests.support import REPO, external_tool
 
 PYBUILD = [sys.executable, "-m", "builder"]
 
@@ -91,3 +93,39 @@ def pybuild(*args: str, store: Store | Path, check: bool = True, **kw: object) -
     return subprocess.run(
         [*PYBUILD, "--store", str(root), *args], capture_output=True, text=True, check=check, cwd=REPO, timeout=300, **kw  # type: ignore[call-overload]
     )
+
+
+def describe_tree(root: Path) -> dict[str, tuple[object, ...]]:
+    """Every path under `root`: its kind, mode, owner and content (a file's bytes, a link's target)."""
+    tree: dict[str, tuple[object, ...]] = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        if stat.S_ISLNK(info.st_mode):
+            what: object = ("symlink", os.readlink(path))
+        elif stat.S_ISREG(info.st_mode):
+            what = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
+        elif stat.S_ISDIR(info.st_mode):
+            what = ("dir",)
+        else:
+            what = ("other", stat.S_IFMT(info.st_mode))
+        tree[path.relative_to(root).as_posix()] = (what, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
+    return tree
+
+
+def umoci_tree(store: Store, tag: str, scratch: Path) -> dict[str, tuple[object, ...]]:
+    """`describe_tree` of the root filesystem that umoci, an independent OCI implementation, unpacks of `tag`."""
+    umoci = external_tool("umoci")
+    archive = scratch / "umoci-image.tar"
+    # umoci 0.4 reads gzip layers only, not the store's zstd ones
+    pybuild("save", tag, "-o", str(archive), "--compression", "gzip", store=store)
+    layout = scratch / "umoci-layout"
+    layout.mkdir()
+    subprocess.run(["tar", "-xf", str(archive), "-C", str(layout)], check=True, timeout=60)
+    refs = subprocess.run([umoci, "ls", "--layout", str(layout)], capture_output=True, text=True, check=True, timeout=60)
+    name = next(line for line in refs.stdout.split() if line.endswith(tag))
+    bundle = scratch / "umoci-bundle"
+    unpacked = subprocess.run(
+        [umoci, "unpack", "--image", f"{layout}:{name}", str(bundle)], capture_output=True, text=True, check=False, timeout=120
+    )
+    assert unpacked.returncode == 0, unpacked.stderr
+    return describe_tree(bundle / "rootfs")

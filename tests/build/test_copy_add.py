@@ -17,9 +17,7 @@ import http.server
 import io
 import lzma
 import os
-import shutil
 import stat
-import subprocess
 import tarfile
 import threading
 from collections.abc import Iterator
@@ -29,7 +27,7 @@ import pytest
 
 from builder.errors import BuildError, ContextError
 from grammar.errors import RecipeValidationError
-from tests.build.conftest import flatten, pybuild
+from tests.build.conftest import describe_tree, flatten, pybuild, umoci_tree
 
 # --------------------------------------------------------------------------- helpers
 
@@ -41,23 +39,6 @@ def mode(path: Path) -> int:
 def owner(path: Path) -> tuple[int, int]:
     info = path.lstat()
     return info.st_uid, info.st_gid
-
-
-def describe_tree(root: Path) -> dict[str, tuple[object, ...]]:
-    """Every path under `root`: its kind, mode, owner and content (a file's bytes, a link's target)."""
-    tree: dict[str, tuple[object, ...]] = {}
-    for path in sorted(root.rglob("*")):
-        info = path.lstat()
-        if stat.S_ISLNK(info.st_mode):
-            what: object = ("symlink", os.readlink(path))
-        elif stat.S_ISREG(info.st_mode):
-            what = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
-        elif stat.S_ISDIR(info.st_mode):
-            what = ("dir",)
-        else:
-            what = ("other", stat.S_IFMT(info.st_mode))
-        tree[path.relative_to(root).as_posix()] = (what, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
-    return tree
 
 
 def tar_bytes(members: dict[str, str | bytes], *, uid: int = 1234, file_mode: int = 0o640) -> bytes:
@@ -101,17 +82,6 @@ def serving(directory: Path) -> Iterator[str]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=10)
-
-
-def external_tool(name: str) -> str:
-    """The path of `name`; skip the test without it, but fail under CI=true."""
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} not found: apt-get install {name}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + " (required under CI=true)")
-        pytest.skip(reason)
-    return path
 
 
 # --------------------------------------------------------------------------- COPY placement
@@ -630,7 +600,6 @@ def test_add_checksum_is_only_for_urls(make_build) -> None:
 
 
 def test_umoci_unpacks_the_same_tree(make_build, fresh_store, context_dir: Path, tmp_path: Path) -> None:
-    umoci = external_tool("umoci")
     from tests.build.conftest import write_tree
 
     write_tree(context_dir, {"app/bin/tool": "#!/bin/sh\necho tool\n", "app/data/a.txt": "a\n", "app/empty/.keep": "", "conf.ini": "x=1\n"})
@@ -652,17 +621,4 @@ def test_umoci_unpacks_the_same_tree(make_build, fresh_store, context_dir: Path,
         tags=["umoci-check:1"],
     )
     expected = describe_tree(flatten(fresh_store, result, tmp_path / "flat"))
-    archive = tmp_path / "image.tar"
-    # umoci 0.4 reads gzip layers only, not the store's zstd ones
-    pybuild("save", "umoci-check:1", "-o", str(archive), "--compression", "gzip", store=fresh_store)
-    layout = tmp_path / "layout"
-    layout.mkdir()
-    subprocess.run(["tar", "-xf", str(archive), "-C", str(layout)], check=True, timeout=60)
-    bundle = tmp_path / "bundle"
-    refs = subprocess.run([umoci, "ls", "--layout", str(layout)], capture_output=True, text=True, check=True, timeout=60)
-    tag = next(line for line in refs.stdout.split() if line.endswith("umoci-check:1"))
-    unpacked = subprocess.run(
-        [umoci, "unpack", "--image", f"{layout}:{tag}", str(bundle)], capture_output=True, text=True, check=False, timeout=120
-    )
-    assert unpacked.returncode == 0, unpacked.stderr
-    assert describe_tree(bundle / "rootfs") == expected
+    assert umoci_tree(fresh_store, "umoci-check:1", tmp_path) == expected

@@ -8,7 +8,6 @@ context directory (with a .dockerignore).
 from __future__ import annotations
 
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -18,8 +17,7 @@ from store.image import Healthcheck
 from store.images import Store
 from store.reference import parse_reference
 from store.rootfs import import_rootfs
-from tests.build.conftest import flatten, pybuild
-from tests.build.test_copy_add import describe_tree, external_tool
+from tests.build.conftest import describe_tree, flatten, pybuild, umoci_tree
 from tests.support import FIXTURES
 
 EVERYTHING = FIXTURES / "builds" / "everything"
@@ -92,21 +90,8 @@ def test_the_filesystem_has_what_each_step_made(everything, everything_store, tm
 
 
 def test_umoci_unpacks_the_same_tree(everything, everything_store, tmp_path: Path) -> None:
-    umoci = external_tool("umoci")
     expected = describe_tree(flatten(everything_store, everything, tmp_path / "flat"))
-    archive = tmp_path / "image.tar"
-    pybuild("save", "everything:test", "-o", str(archive), "--compression", "gzip", store=everything_store)
-    layout = tmp_path / "layout"
-    layout.mkdir()
-    subprocess.run(["tar", "-xf", str(archive), "-C", str(layout)], check=True, timeout=60)
-    refs = subprocess.run([umoci, "ls", "--layout", str(layout)], capture_output=True, text=True, check=True, timeout=60)
-    tag = next(line for line in refs.stdout.split() if line.endswith("everything:test"))
-    unpacked = subprocess.run(
-        [umoci, "unpack", "--image", f"{layout}:{tag}", str(tmp_path / "bundle")],
-        capture_output=True, text=True, check=False, timeout=120,
-    )  # fmt: skip
-    assert unpacked.returncode == 0, unpacked.stderr
-    assert describe_tree(tmp_path / "bundle" / "rootfs") == expected
+    assert umoci_tree(everything_store, "everything:test", tmp_path) == expected
 
 
 def test_pybuild_run_of_the_result(everything_store) -> None:

@@ -24,7 +24,7 @@ import pytest
 from builder.api import build
 from builder.outputs import Output
 from tests.build.conftest import flatten, pybuild, write_tree
-from tests.support import FIXTURES
+from tests.support import FIXTURES, external_tool
 
 RECIPE = """
     FROM busybox
@@ -70,17 +70,6 @@ def describe_tar(path: Path) -> dict[str, tuple[object, ...]]:
                 what = ("other", member.type)
             tree[name] = (what, member.mode & 0o7777, member.uid, member.gid)
     return tree
-
-
-def external_tool(name: str) -> str:
-    """The path of `name`; skip the test without it, but fail under CI=true."""
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} not found: apt-get install {name}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + " (required under CI=true)")
-        pytest.skip(reason)
-    return path
 
 
 @pytest.fixture

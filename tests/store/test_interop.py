@@ -40,6 +40,7 @@ from store.reference import parse_reference
 from store.rootfs import import_rootfs
 from store.tags import TagStore
 from store.transfer import load, save
+from tests.support import external_tool
 
 NAME = "docker.io/library/busybox:latest"
 CREATED = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
@@ -47,13 +48,7 @@ TIMEOUT = 300
 
 
 def _require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        reason = f"{tool} is not installed (Debian: apt-get install {_PACKAGES.get(tool, tool)})"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason + "; required under CI=true")
-        pytest.skip(reason)
-    return path
+    return external_tool(tool, _PACKAGES.get(tool))
 
 
 _PACKAGES = {
