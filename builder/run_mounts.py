@@ -95,26 +95,29 @@ def prepare(
     secrets: Mapping[str, Secret],
 ) -> Prepared:
     """The sandbox binds, secret variables and key fields of RUN's `--mount`s; `close()` it after the run."""
-    prepared = Prepared()
+    out = Prepared()
     try:
         for spec in specs:
-            _one(spec, prepared, span, workdir, cache_root, scratch, context, secrets)
+            kind, fields, target = _checked(spec, span, workdir)
+            if kind == "cache":
+                _cache(fields, target, out, span, cache_root)  # type: ignore[arg-type]
+            elif kind == "bind":
+                _bind(fields, target, out, span, scratch, context)  # type: ignore[arg-type]
+            elif kind == "tmpfs":
+                from .sandbox import Bind
+
+                out.binds.append(Bind(tempfile.mkdtemp(prefix="tmpfs-", dir=scratch), target))  # type: ignore[arg-type]
+                out.key.append({"type": "tmpfs", "target": target})
+            else:
+                _secret(fields, target, out, span, scratch, secrets)
     except BaseException:
-        prepared.close()
+        out.close()
         raise
-    return prepared
+    return out
 
 
-def _one(
-    spec: MountSpec,
-    out: Prepared,
-    span: Span,
-    workdir: str,
-    cache_root: str,
-    scratch: str,
-    context: BuildContext,
-    secrets: Mapping[str, Secret],
-) -> None:
+def _checked(spec: MountSpec, span: Span, workdir: str) -> tuple[str, dict[str, str | None], str | None]:
+    """The mount's type, its fields (names lower-cased) and its absolute target; BuildError naming what is wrong."""
     kind = spec.kind
     fields = {k.lower(): v for k, v in spec.fields}
     where = f"--mount=type={kind}"
@@ -132,17 +135,7 @@ def _one(
         target = posixpath.normpath(posixpath.join(workdir, target))
     elif kind != "secret":
         raise BuildError(f"{where}: a target is required", span)
-    if kind == "cache":
-        _cache(fields, target, out, span, cache_root)  # type: ignore[arg-type]
-    elif kind == "bind":
-        _bind(fields, target, out, span, scratch, context)  # type: ignore[arg-type]
-    elif kind == "tmpfs":
-        from .sandbox import Bind
-
-        out.binds.append(Bind(tempfile.mkdtemp(prefix="tmpfs-", dir=scratch), target))  # type: ignore[arg-type]
-        out.key.append({"type": "tmpfs", "target": target})
-    else:
-        _secret(fields, target, out, span, scratch, secrets)
+    return kind, fields, target
 
 
 def _flag(fields: Mapping[str, str | None], *names: str) -> bool:
