@@ -38,7 +38,6 @@ free). Mounts never outlive their namespace, so none can be left on the host.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import fcntl
 import os
 import select
@@ -242,7 +241,7 @@ class NamespaceSandbox:
             etc = _etc_files(hostname, request.network)
             rootfs = with_stub_layer(request.rootfs, str(self._dir / "stubs"), self._stub_layers)
             if rootfs != request.rootfs:
-                request = dataclasses.replace(request, rootfs=rootfs)
+                request = request._replace(rootfs=rootfs)
             container = Container(request, str(self._dir), etc, joins, self.rootless)
             container.creds = self._credentials(request)
             return self._run(container, cgroup, on_output, on_pty, forward_signals, warnings)

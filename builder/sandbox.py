@@ -42,8 +42,9 @@ namespaces, OverlayFS and cgroups, as root or as an unprivileged user.
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, Protocol
+
+from grammar.record import record
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -59,7 +60,7 @@ Network = Literal["none", "host"]
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Bind:
     """A host path mounted at `target` in the container."""
 
@@ -68,7 +69,7 @@ class Bind:
     readonly: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExecRequest:
     argv: tuple[str, ...]
     rootfs: tuple[Mount, ...]
@@ -86,7 +87,7 @@ class ExecRequest:
     timeout: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ExecResult:
     status: int  # the exit status, or 128 + the signal that killed the command (as a shell has it)
     signal: int | None = None

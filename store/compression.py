@@ -9,7 +9,6 @@ past which LimitExceeded stops a decompression bomb.
 from __future__ import annotations
 
 import enum
-import gzip
 import io
 import os
 import zlib
@@ -76,6 +75,8 @@ class _Compressor:
             self._stream: BinaryIO = cctx.stream_writer(sink, closefd=False)  # type: ignore[assignment]
         elif kind is Compression.GZIP:
             # mtime 0 and no file name: the same bytes give the same blob.
+            import gzip  # only gzip layers pay for it
+
             self._stream = gzip.GzipFile(
                 filename="", mode="wb", fileobj=sink, compresslevel=GZIP_LEVEL if level is None else level, mtime=0
             )  # type: ignore[assignment]
@@ -130,7 +131,7 @@ class _Limited(io.RawIOBase):
         view = memoryview(buffer).cast("B")
         try:
             data = self._stream.read(len(view))
-        except (zlib.error, gzip.BadGzipFile, EOFError, OSError) as exc:
+        except (zlib.error, EOFError, OSError) as exc:  # gzip.BadGzipFile is an OSError
             raise MalformedDocument(f"{self._what}: corrupt compressed data: {exc}") from None
         except Exception as exc:  # zstandard.ZstdError, without importing it eagerly
             if type(exc).__name__ == "ZstdError":
@@ -168,6 +169,8 @@ def decompressor(kind: Compression, source: BinaryIO, *, limit: int, what: str =
         dctx = zstandard.ZstdDecompressor(max_window_size=MAX_ZSTD_WINDOW)
         stream: BinaryIO = dctx.stream_reader(source, read_across_frames=True)  # type: ignore[assignment]
     elif kind is Compression.GZIP:
+        import gzip
+
         stream = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[assignment]
     else:
         stream = source
