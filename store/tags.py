@@ -81,10 +81,12 @@ class TagStore:
         already names a different image (and nothing changes)."""
         wanted = [(_tag_reference(ref, descriptor), descriptor) for ref, descriptor in pairs]
         with self._locked():
-            entries, top = self._read()
+            before, top = self._read()
+            entries = before
             for ref, descriptor in wanted:
                 entries = _put(entries, ref, descriptor, replace)
-            self._write(entries, top)
+            if entries != before:  # re-tagging what a tag already names writes nothing (no fsyncs)
+                self._write(entries, top)
 
     def remove(self, ref: str | Reference) -> Descriptor:
         """Untag `ref` (the image's blobs stay); NotFound if it names nothing."""
