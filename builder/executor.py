@@ -226,8 +226,10 @@ class Builder:
             for name in globals_.unused_build_args():
                 self._emit(BuildWarning(f"build argument {name!r} is not declared by any ARG of the stages built"))
             manifest, config, up_to_date = self._image(final, options)
-            for tag in options.tags:
-                self.store.tags.set(tag, manifest)
+            if options.tags:
+                self.store.tags.set_many([(tag, manifest) for tag in options.tags])
+            else:  # a dangling image, as Docker keeps one: found by its id, listed as <none>
+                self.store.tags.add_untagged(manifest)
         self._record.save()
         records = tuple(sorted(self._records, key=lambda r: r.number))
         self._emit(BuildFinished(str(manifest.digest), str(manifest_config_digest(config)), up_to_date, time.monotonic() - started))

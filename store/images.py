@@ -149,7 +149,7 @@ class Store:
         return None, self._by_prefix(name, hex_part)
 
     def _by_prefix(self, name: str, hex_part: str) -> Descriptor:
-        tagged = {d.digest: d for _, d in self.tags.list()}
+        tagged = {d.digest: d for d in self.roots()}
         found = [d for digest, d in tagged.items() if digest.hex.startswith(hex_part)]
         if not found:  # the image id: the config's digest
             found = [d for d in tagged.values() if self._config_digest(d).hex.startswith(hex_part)]
@@ -166,11 +166,14 @@ class Store:
         return self._image(descriptor, (ref,) if ref is not None else self._names(descriptor.digest))
 
     def images(self) -> list[Image]:
-        """Every tagged image, grouped by what the tags point at, in tag order."""
+        """Every tagged image, grouped by what the tags point at, in tag order; then the untagged ones."""
         by_digest: dict[Digest, list[Reference]] = {}
         first: dict[Digest, Descriptor] = {}
         for ref, descriptor in self.tags.list():
             by_digest.setdefault(descriptor.digest, []).append(ref)
+            first.setdefault(descriptor.digest, descriptor)
+        for descriptor in self.tags.untagged():
+            by_digest.setdefault(descriptor.digest, [])
             first.setdefault(descriptor.digest, descriptor)
         return [self._image(first[d], tuple(refs)) for d, refs in by_digest.items()]
 
@@ -212,17 +215,21 @@ class Store:
         return ref
 
     def untag(self, name: str) -> list[Reference]:
-        """Remove a tag, or every tag of an image named by digest or id; blobs go at the next prune."""
+        """Remove a tag, or every tag of an image named by digest or id (an untagged image: its entry);
+        blobs go at the next prune."""
         ref, descriptor = self.resolve(name)
         refs = [ref] if ref is not None else list(self._names(descriptor.digest))
         for r in refs:
             self.tags.remove(r)
+        if ref is None:
+            self.tags.remove_untagged(descriptor)
         return refs
 
     # ---- maintenance -----------------------------------------------------------
 
     def roots(self) -> list[Descriptor]:
-        return [descriptor for _, descriptor in self.tags.list()]
+        """What the index lists, named or not: what GC keeps, and what ids and digests are looked up in."""
+        return [descriptor for _, descriptor in self.tags.list()] + self.tags.untagged()
 
     def children(self, descriptor: Descriptor) -> Iterable[Descriptor]:
         from .oci_archive import children

@@ -57,6 +57,28 @@ class TagStore:
         entries, _ = self._read()
         return [(ref, _descriptor(raw)) for raw in entries if (ref := entry_reference(raw)) is not None]
 
+    def untagged(self) -> list[Descriptor]:
+        """The entries no tag names (Docker's dangling images: untagged builds), in `index.json` order."""
+        entries, _ = self._read()
+        return [_descriptor(raw) for raw in entries if entry_reference(raw) is None]
+
+    def add_untagged(self, descriptor: Descriptor) -> None:
+        """List `descriptor` without a name, unless an entry (named or not) already lists it."""
+        with self._locked():
+            entries, top = self._read()
+            if all(raw.get("digest") != str(descriptor.digest) for raw in entries):
+                self._write([*entries, descriptor.to_json()], top)
+
+    def remove_untagged(self, descriptor: Descriptor) -> bool:
+        """Drop the unnamed entry of `descriptor`; whether there was one."""
+        with self._locked():
+            entries, top = self._read()
+            kept = [e for e in entries if entry_reference(e) is not None or e.get("digest") != str(descriptor.digest)]
+            if len(kept) == len(entries):
+                return False
+            self._write(kept, top)
+            return True
+
     def get(self, ref: str | Reference) -> Descriptor:
         """The descriptor a tag (or `name@digest`) names; NotFound if none."""
         wanted = _as_reference(ref)
@@ -85,6 +107,9 @@ class TagStore:
             entries = before
             for ref, descriptor in wanted:
                 entries = _put(entries, ref, descriptor, replace)
+            # an image add_untagged listed is no longer dangling (what other tools wrote stays)
+            ours = {str(descriptor.digest): descriptor.to_json() for _, descriptor in wanted}
+            entries = [e for e in entries if entry_reference(e) is not None or e != ours.get(e.get("digest"))]
             if entries != before:  # re-tagging what a tag already names writes nothing (no fsyncs)
                 self._write(entries, top)
 

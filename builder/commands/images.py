@@ -53,12 +53,12 @@ def _ago(created: str | None) -> str:
 def images(args: dict[str, object], console: Console) -> int:
     rows = []
     for image in open_store(args).images():
-        for name in image.names:
+        for name in image.names or (None,):  # None: an untagged image, <none> as Docker shows it
             rows.append(
                 {
-                    "name": str(name),
-                    "repository": name.familiar_name,
-                    "tag": name.tag,
+                    "name": str(name) if name is not None else None,
+                    "repository": name.familiar_name if name is not None else "<none>",
+                    "tag": name.tag if name is not None else "<none>",
                     "digest": str(image.descriptor.digest),
                     "id": str(image.id),
                     "size": image.size,

@@ -105,3 +105,18 @@ def test_git_sources_fail_loudly(make_build) -> None:
 
     with pytest.raises(BuildError, match="ADD of a git repository: not supported yet"):
         make_build("FROM busybox\nADD https://example.invalid/repo.git /src\n")
+
+
+def test_an_untagged_build_runs_by_its_id_and_lists_as_none(fresh_store, context_dir: Path) -> None:
+    (context_dir / "Recipefile").write_text("FROM busybox\nRUN echo dangling > /d\nCMD [\"cat\", \"/d\"]\n")
+    image_id = subprocess.run(
+        [*PYBUILD, "--store", str(fresh_store.root), "build", "-q", str(context_dir)],
+        capture_output=True, text=True, cwd=REPO, timeout=120, check=True,
+    ).stdout.strip()  # fmt: skip
+    assert image_id.startswith("sha256:")
+    ran = subprocess.run([*PYBUILD, "--store", str(fresh_store.root), "run", image_id], capture_output=True, text=True,
+                         cwd=REPO, timeout=120, check=True)  # fmt: skip
+    assert ran.stdout == "dangling\n"
+    listed = subprocess.run([*PYBUILD, "--store", str(fresh_store.root), "images"], capture_output=True, text=True,
+                            cwd=REPO, timeout=60, check=True).stdout  # fmt: skip
+    assert any(line.split()[:3] == ["<none>", "<none>", image_id[7:19]] for line in listed.splitlines())

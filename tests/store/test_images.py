@@ -77,3 +77,21 @@ def test_an_index_resolves_to_this_hosts_manifest(store: Store) -> None:
     store.tags.set("s390x:1", only_s390x)
     with pytest.raises(NotFound, match="no image for linux/"):
         store.image("s390x:1")
+
+
+def test_an_untagged_image_is_listed_found_by_id_kept_and_removed(store: Store) -> None:
+    image = store.image("busybox")
+    store.untag("busybox")
+    assert store.images() == []
+    store.tags.add_untagged(image.descriptor)
+    store.tags.add_untagged(image.descriptor)  # once only
+    (dangling,) = store.images()
+    assert dangling.names == () and dangling.id == image.id
+    assert store.image(image.id.hex[:12]).descriptor == image.descriptor  # by id, as `pybuild run <id>`
+    assert store.roots() == [image.descriptor]  # prune keeps it
+    assert json.loads((store.root / "index.json").read_text())["manifests"][0].get("annotations") is None
+    store.tag(image.id.hex, "named:1")  # a tag makes it no longer dangling
+    assert store.tags.untagged() == [] and [n.familiar for n in store.images()[0].names] == ["named:1"]
+    store.untag("named:1")
+    store.tags.add_untagged(image.descriptor)
+    assert store.untag(str(image.id)) == [] and store.images() == []  # rmi by id drops the entry
