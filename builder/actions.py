@@ -158,10 +158,9 @@ def _run_argv(instruction: Run, shell: tuple[str, ...], scratch: str, binds: lis
 
 
 def _run_env(image_env: tuple[str, ...], scope: StageScope) -> tuple[str, ...]:
-    """What the command sees: the ARGs in scope, then ENV (which wins), and a PATH when none is set."""
+    """What the command sees: the ARGs in scope, then ENV (which wins); the sandbox adds a PATH when none is set."""
     env = dict(scope.args)
     env.update(item.partition("=")[::2] for item in image_env)
-    env.setdefault("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
     return tuple(f"{k}={v}" for k, v in env.items())
 
 

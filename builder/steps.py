@@ -55,7 +55,6 @@ from .errors import BuildError
 __all__ = ["DEFAULT_SHELL", "StageDefaults", "argv_of", "configure", "created_by", "set_env", "workdir_of"]
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
-DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
 _UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
 
