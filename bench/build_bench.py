@@ -46,6 +46,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# Shared with the sandbox bench beside this file (its directory is sys.path[0] when run as a script).
+from sandbox_bench import (
+    cgroup_layout,
+    last_first_line,
+    script_interpreter,
+    unmount_under,
+)
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared" / "bench"
 SEED = 20240601
@@ -783,12 +791,12 @@ class Bench:
     def versions(self) -> list[str]:
         found = [tool.version() for tool in self.tools.values()]  # type: ignore[attr-defined]
         runc = shutil.which("runc")
-        found.append(first_line(quiet([runc, "--version"], check=False)) if runc else "runc not found")
+        found.append(last_first_line(quiet([runc, "--version"], check=False)) if runc else "runc not found")
         if self.floor is not None and not self.floor.problem:
             found.append(f"zstandard {self.floor.zstandard.__version__}")
         busybox = self.work / "floor" / "rootfs" / "bin" / "busybox"
         if busybox.exists():
-            found.append(first_line(quiet([str(busybox)], check=False)).split(" multi-call")[0])
+            found.append(last_first_line(quiet([str(busybox)], check=False)).split(" multi-call")[0])
         return found
 
 
@@ -924,48 +932,8 @@ def machine() -> str:
         pass
     return (
         f"{platform.machine()}, {os.cpu_count()} cores{memory}, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, cgroups {cgroup_kind()}"
+        f"Python {platform.python_version()}, cgroups {cgroup_layout()}"
     )
-
-
-def cgroup_kind() -> str:
-    kinds = set()
-    with open("/proc/self/mountinfo") as f:
-        for entry in f:
-            fstype = entry.partition(" - ")[2].split()[0]
-            if fstype in ("cgroup", "cgroup2"):
-                kinds.add(fstype)
-    return {
-        frozenset({"cgroup", "cgroup2"}): "hybrid (v1 + v2)",
-        frozenset({"cgroup"}): "v1",
-        frozenset({"cgroup2"}): "v2",
-    }.get(frozenset(kinds), "none mounted")
-
-
-def script_interpreter(script: Path) -> str | None:
-    """The interpreter named on a console script's `#!` line."""
-    try:
-        first = script.read_text(encoding="utf-8").splitlines()[0]
-    except (OSError, IndexError, UnicodeDecodeError):
-        return None
-    return first[2:].strip() if first.startswith("#!") else None
-
-
-def first_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else ""
-
-
-def unmount_under(root: Path) -> None:
-    """Lazily unmount whatever is still mounted below `root` (deepest first) before it is deleted."""
-    try:
-        prefix = str(root.resolve()) + "/"
-    except OSError:
-        return
-    with open("/proc/self/mountinfo") as f:
-        points = [entry.split()[4] for entry in f]
-    for point in sorted((p for p in points if p.startswith(prefix)), key=len, reverse=True):
-        subprocess.run(["umount", "-l", point], check=False, stderr=subprocess.DEVNULL)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import json
 import os
 import re
 import shutil
-import stat
 import subprocess
 import tarfile
 import tempfile
@@ -23,7 +22,7 @@ import pytest
 
 from builder.api import build
 from builder.outputs import Output
-from tests.build.conftest import flatten, pybuild, write_tree
+from tests.build.conftest import describe_tree, flatten, pybuild, write_tree
 from tests.support import FIXTURES, external_tool
 
 RECIPE = """
@@ -33,23 +32,6 @@ RECIPE = """
     CMD ["/app/tool"]
 """
 FILES = {"app/tool": "#!/bin/sh\necho tool ran\n", "app/data/a.txt": "a\n"}
-
-
-def describe_tree(root: Path) -> dict[str, tuple[object, ...]]:
-    """Every path under `root`: its kind and content (a file's digest, a link's target), mode and owner."""
-    tree: dict[str, tuple[object, ...]] = {}
-    for path in sorted(root.rglob("*")):
-        info = path.lstat()
-        if stat.S_ISLNK(info.st_mode):
-            what: tuple[object, ...] = ("symlink", os.readlink(path))
-        elif stat.S_ISREG(info.st_mode):
-            what = ("file", hashlib.sha256(path.read_bytes()).hexdigest())
-        elif stat.S_ISDIR(info.st_mode):
-            what = ("dir",)
-        else:
-            what = ("other", stat.S_IFMT(info.st_mode))
-        tree[path.relative_to(root).as_posix()] = (what, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid)
-    return tree
 
 
 def describe_tar(path: Path) -> dict[str, tuple[object, ...]]:
