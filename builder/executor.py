@@ -225,17 +225,18 @@ class Builder:
             final = states[plan.target]
             for name in globals_.unused_build_args():
                 self._emit(BuildWarning(f"build argument {name!r} is not declared by any ARG of the stages built"))
-            manifest, config, up_to_date = self._image(final, options)
+            manifest, config_descriptor, config, up_to_date = self._image(final, options)
             if options.tags:
                 self.store.tags.set_many([(tag, manifest) for tag in options.tags])
             else:  # a dangling image, as Docker keeps one: found by its id, listed as <none>
                 self.store.tags.add_untagged(manifest)
         self._record.save()
         records = tuple(sorted(self._records, key=lambda r: r.number))
-        self._emit(BuildFinished(str(manifest.digest), str(manifest_config_digest(config)), up_to_date, time.monotonic() - started))
+        image_id = str(config_descriptor.digest)  # Docker's image id: the config's digest
+        self._emit(BuildFinished(str(manifest.digest), image_id, up_to_date, time.monotonic() - started))
         return BuildResult(
             manifest=manifest,
-            image_id=str(manifest_config_digest(config)),
+            image_id=image_id,
             config=config,
             steps=records,
             up_to_date=up_to_date,
@@ -646,7 +647,8 @@ class Builder:
 
     # ---- the image -------------------------------------------------------------
 
-    def _image(self, final: _State, options: BuildOptions) -> tuple[Descriptor, ImageConfig, bool]:
+    def _image(self, final: _State, options: BuildOptions) -> tuple[Descriptor, Descriptor, ImageConfig, bool]:
+        """The image's manifest and config (descriptors, and the config itself), and whether it was there already."""
         from store.content import read_blob, write_blob
         from store.image import parse_config
 
@@ -674,7 +676,7 @@ class Builder:
                 if self.store.content.exists(manifest.digest) and self.store.content.exists(config_descriptor.digest):
                     self._lease.add_blob(manifest.digest)
                     parsed = parse_config(read_blob(self.store.content, config_descriptor), config_descriptor)
-                    return manifest, parsed, True
+                    return manifest, config_descriptor, parsed, True
         created = self._now(options)
         image_config = ImageConfig(
             architecture=architecture,
@@ -696,7 +698,7 @@ class Builder:
             {"manifest": manifest.to_json(), "config": config_descriptor.to_json()},
             refs=[manifest, config_descriptor, *(d for d, _ in final.layers)],
         )
-        return manifest, image_config, False
+        return manifest, config_descriptor, image_config, False
 
     # ---- progress --------------------------------------------------------------
 
@@ -754,15 +756,6 @@ class _Action:
         self.layers: tuple[Layer, ...] | None = None  # the root to work on, when not the stage's own layers
         self.run = run
         self.close = close
-
-
-def manifest_config_digest(config: ImageConfig) -> Digest:
-    """Docker's image id: the digest of the canonical config."""
-    from store.digest import Digester
-
-    digester = Digester()
-    digester.update(canonical_json(config))
-    return digester.digest()
 
 
 def _instruction_text(recipe: Recipe, instruction: Instruction) -> str:
