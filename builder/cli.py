@@ -33,6 +33,7 @@ EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, as a shell reports a writer killed by it
 
 _USAGE = """usage: pybuild [--debug] [--store DIR] COMMAND [ARGS...]
+       pybuild [--store DIR] [BUILD OPTIONS] CONTEXT     (a build: pybuild -f Recipefile .)
 
 pybuild: a daemonless image builder for Dockerfile-style recipes.
 
@@ -78,17 +79,16 @@ def main(argv: list[str] | None = None) -> int:
             store = option.partition("=")[2] or (argv.pop(0) if argv else "")
             if not store:
                 return _usage_error("option --store needs a directory")
-        elif option in ("-f", "--file", "-t", "--tag", "--target", "--build-arg") or option.startswith(
-            ("--file=", "--tag=", "--target=", "--build-arg=")
-        ):  # `pybuild -f Recipefile .`: a build, as `docker build -f` reads
-            argv = ["build", option, *argv]
-            break
         elif option in ("-h", "--help"):
             print(_usage())
             return EXIT_OK
         elif option == "--version":
             print(f"pybuild {_version()}")
             return EXIT_OK
+        elif option.partition("=")[0] in COMMANDS["build"].spec.by_name:
+            # `pybuild -f Recipefile .`, `pybuild --no-cache -t app .`: a build's options, no command word
+            argv = ["build", option, *argv]
+            break
         else:
             return _usage_error(f"unknown option {option}")
     if not argv:

@@ -120,3 +120,11 @@ def test_an_untagged_build_runs_by_its_id_and_lists_as_none(fresh_store, context
     listed = subprocess.run([*PYBUILD, "--store", str(fresh_store.root), "images"], capture_output=True, text=True,
                             cwd=REPO, timeout=60, check=True).stdout  # fmt: skip
     assert any(line.split()[:3] == ["<none>", "<none>", image_id[7:19]] for line in listed.splitlines())
+
+
+def test_build_options_without_the_command_word(fresh_store, context_dir: Path) -> None:
+    (context_dir / "Recipefile").write_text("FROM busybox\nRUN echo hi > /hi\n")
+    for argv in (["-f", str(context_dir / "Recipefile"), "-q"], ["--no-cache", "-q"], ["--build-arg=X=1", "-q"]):
+        done = subprocess.run([*PYBUILD, "--store", str(fresh_store.root), *argv, str(context_dir)], capture_output=True,
+                              text=True, cwd=REPO, timeout=120, check=False)  # fmt: skip
+        assert done.returncode == 0 and done.stdout.startswith("sha256:"), (argv, done.stderr)
