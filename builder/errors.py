@@ -23,7 +23,38 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from grammar import Span
 
-__all__ = ["BaseImageError", "BuildError", "BuilderError", "CgroupError", "ContextError", "SandboxError", "StepFailed"]
+__all__ = [
+    "BaseImageError",
+    "BuildError",
+    "BuilderError",
+    "CgroupError",
+    "ContextError",
+    "SandboxError",
+    "StepFailed",
+    "with_environment_hint",
+]
+
+# What a failed set-up system call says about the machine, and what to change (the message's start -> hint).
+_HINTS = (
+    (
+        ("unshare: Operation not permitted", "unshare: Invalid argument", "unshare: No space left on device"),
+        (
+            "this user may not create namespaces: run pybuild as root, or allow unprivileged user namespaces "
+            "(sysctl kernel.unprivileged_userns_clone=1 and user.max_user_namespaces=15000)"
+        ),
+    ),
+    (
+        ("mount: No such device",),
+        "OverlayFS is not available: load it (modprobe overlay)",
+    ),
+    (
+        ("mount: Operation not permitted", "mount: Invalid argument"),
+        (
+            "the kernel refused an OverlayFS or bind mount: pybuild needs root, or Linux 5.11 or later for "
+            "OverlayFS in a user namespace, and a store on a filesystem OverlayFS accepts as upper (ext4, xfs, btrfs)"
+        ),
+    ),
+)
 
 
 class BuilderError(Exception):
@@ -81,3 +112,11 @@ class ContextError(BuildError):
 
 class BaseImageError(BuildError):
     """A FROM image that is neither in the store nor an earlier stage."""
+
+
+def with_environment_hint(message: str) -> str:
+    """`message` from a failed sandbox set-up, with what to change on this machine when it is a known cause."""
+    for starts, hint in _HINTS:
+        if message.startswith(starts):
+            return f"{message} (hint: {hint})"
+    return message

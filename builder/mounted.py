@@ -27,7 +27,7 @@ import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from .errors import BuildError, ContextError, SandboxError
+from .errors import BuildError, ContextError, SandboxError, with_environment_hint
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -97,8 +97,11 @@ def _child(
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the parent as one line
         code = 1
         message = str(exc).replace("\n", " ") or type(exc).__name__
+        kind = type(exc).__name__
+        if isinstance(exc, OSError) and message.startswith(("unshare:", "mount:")):
+            kind, message = "SandboxError", with_environment_hint(message)  # the machine, not the recipe
         try:
-            os.write(report, f"{type(exc).__name__}\n{message}".encode()[: 64 << 10])
+            os.write(report, f"{kind}\n{message}".encode()[: 64 << 10])
         except OSError:
             pass
     finally:

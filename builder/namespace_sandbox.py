@@ -53,7 +53,7 @@ from store.overlay import merged_entry
 
 from . import _linux as linux
 from ._pid1 import NAMESPACES, SECCOMP, Container, warm_child
-from .errors import SandboxError
+from .errors import SandboxError, with_environment_hint
 from .mountpoints import remove_stubs, with_stub_layer
 from .sandbox import ExecRequest, ExecResult
 from .users import Credentials, UserError, resolve_user
@@ -326,7 +326,7 @@ class NamespaceSandbox:
         stubs, error, exec_error = _parse_report(report)
         remove_stubs(request.rootfs, stubs)
         if error is not None:
-            raise SandboxError(error)
+            raise SandboxError(with_environment_hint(error))
         oom = cgroup.oom_killed() if cgroup is not None else False
         stats = cgroup.stats() if cgroup is not None else None
         cpu = rusage.ru_utime + rusage.ru_stime
