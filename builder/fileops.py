@@ -628,6 +628,7 @@ class _Frame:
     shown: str  # its path in the image, for messages
     source: str  # its path in the source root, for messages
     finish: tuple[int, int] | None  # mode and mtime to set once its children are in
+    fresh: bool = False  # made by this copy: nothing in it to replace
 
 
 class _Copier:
@@ -808,7 +809,7 @@ class _Copier:
         except BaseException:
             os.close(target)
             raise
-        frames = [_Frame((), target, source, shown, "/".join(source_parts), None)]
+        frames = [_Frame((), target, source, shown, "/".join(source_parts), None, made)]
         try:
             if made and self._spec.chmod is not None:
                 os.fchmod(target, self._mode(0o755, is_dir=True))
@@ -847,11 +848,15 @@ class _Copier:
                 mode, mtime = stat.S_IMODE(info.st_mode), info.st_mtime_ns
             else:
                 mode, mtime = entry.mode, entry.mtime_ns
+            fresh = top.fresh
             try:
+                if fresh:
+                    raise FileNotFoundError  # its parent was made by this copy: so is it
                 dest_fd = os.open(name, _O_DIR, dir_fd=top.dest_fd)
             except FileNotFoundError:
                 os.mkdir(name, 0o700, dir_fd=top.dest_fd)
                 dest_fd = os.open(name, _O_DIR, dir_fd=top.dest_fd)
+                fresh = True
             except OSError as exc:
                 if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                     raise
@@ -865,7 +870,7 @@ class _Copier:
             os.close(dest_fd)
             os.close(source_fd)
             raise
-        return _Frame((*top.parts, name), dest_fd, source_fd, shown, source, (self._mode(mode, is_dir=True), mtime))
+        return _Frame((*top.parts, name), dest_fd, source_fd, shown, source, (self._mode(mode, is_dir=True), mtime), fresh)
 
     def _leave(self, frame: _Frame) -> None:
         try:
@@ -887,7 +892,8 @@ class _Copier:
             info = os.fstat(source_fd)
             if not stat.S_ISREG(info.st_mode) or info.st_size != entry.size:
                 raise self._changed(source)
-            self._make_room(top, name)
+            if not top.fresh:
+                self._make_room(top, name)
             fd = os.open(name, _O_NEW_FILE, 0o600, dir_fd=top.dest_fd)
             try:
                 self._copy_bytes(source_fd, fd, entry.size, source)
@@ -907,7 +913,8 @@ class _Copier:
             raise self._changed(source) from None
         if entry.target is not None and target != entry.target:
             raise self._changed(source)
-        self._make_room(top, name)
+        if not top.fresh:
+            self._make_room(top, name)
         os.symlink(target, name, dir_fd=top.dest_fd)
         os.chown(name, *self._owner, dir_fd=top.dest_fd, follow_symlinks=False)
         os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=top.dest_fd, follow_symlinks=False)
