@@ -121,8 +121,9 @@ def _run_child(
 
 def _committed(output: str) -> set[Descriptor]:
     found = set()
-    for line in output.splitlines():
-        if line.startswith("committed "):
+    # Only whole lines: SIGKILL can land while the child writes one (seen once: "committed sha256:...").
+    for line in output.splitlines(keepends=True):
+        if line.startswith("committed ") and line.endswith("\n"):
             _, digest, size = line.split()
             found.add(Descriptor(MediaType.LAYER, Digest.parse(digest), int(size)))
     return found
