@@ -15,8 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .compression import Compression
 from .digest import Digest
@@ -37,8 +36,7 @@ if TYPE_CHECKING:
 __all__ = ["Checkout", "Committed", "checkout", "checkout_layers", "image_layers", "unpack_layers"]
 
 
-@dataclass(frozen=True, slots=True)
-class Checkout:
+class Checkout(NamedTuple):
     """A writable snapshot over an image: mount `mounts` as a root, then `remove()` (or keep it)."""
 
     store: Store
@@ -104,8 +102,7 @@ class Checkout:
         return Committed(layer, chain)
 
 
-@dataclass(frozen=True, slots=True)
-class Committed:
+class Committed(NamedTuple):
     """What `Checkout.commit` made: the layer blob, and the chainID naming the stack with it on top."""
 
     layer: Layer

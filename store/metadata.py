@@ -14,9 +14,8 @@ import os
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, NamedTuple, Self
 
 from .descriptor import Descriptor
 from .digest import Digest
@@ -63,8 +62,7 @@ COMMIT;
 """
 
 
-@dataclass(frozen=True, slots=True)
-class LeaseInfo:
+class LeaseInfo(NamedTuple):
     """A lease as stored: times are Unix seconds; `pid` is the holder's, for humans."""
 
     id: str
@@ -76,8 +74,7 @@ class LeaseInfo:
     snapshots: frozenset[str]
 
 
-@dataclass(frozen=True, slots=True)
-class CacheRecord:
+class CacheRecord(NamedTuple):
     """A cache record: the caller's JSON object plus the blobs it keeps alive."""
 
     key: str
@@ -87,8 +84,7 @@ class CacheRecord:
     last_used: float
 
 
-@dataclass(frozen=True, slots=True)
-class SnapshotRecord:
+class SnapshotRecord(NamedTuple):
     """Bookkeeping of one snapshot: `kind` is active, view or committed."""
 
     key: str
