@@ -40,11 +40,23 @@ from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from grammar import Add, Arg, Copy, From, Instruction, Run, Shell, Workdir
+from grammar import (
+    Add,
+    Arg,
+    Cmd,
+    Copy,
+    From,
+    Instruction,
+    Maintainer,
+    Run,
+    Shell,
+    Workdir,
+)
 from grammar.record import record
 from grammar.scope import GlobalScope, StageScope
 from store.descriptor import Descriptor, MediaType
 from store.digest import Digest
+from store.errors import StoreError
 from store.image import (
     ContainerConfig,
     HistoryEntry,
@@ -197,6 +209,7 @@ class Builder:
         self._sandboxes: list[Any] = []
         self._local = threading.local()
         self._scratch: tuple[str, int] | None = None
+        self._cancelled = False  # set when a stage fails: the others stop at their next step
 
     # ---- the build ---------------------------------------------------------
 
@@ -437,7 +450,7 @@ class Builder:
     def _step(
         self, raw: Instruction, work: _StageWork, state: _State, defaults: steps.StageDefaults, info: StepInfo
     ) -> tuple[_State, steps.StageDefaults]:
-        if getattr(self, "_cancelled", False):
+        if self._cancelled:
             raise BuildError("cancelled: another stage failed")
         started = time.monotonic()
         instruction = work.scope.apply(raw)
@@ -454,9 +467,9 @@ class Builder:
         config = steps.configure(state.config, instruction, defaults)
         if isinstance(instruction, Shell):
             defaults = defaults._replace(shell=tuple(instruction.argv))
-        if type(instruction).__name__ == "Cmd":
+        if isinstance(instruction, Cmd):
             defaults = defaults._replace(cmd_inherited=False)
-        author = instruction.name if type(instruction).__name__ == "Maintainer" else state.author  # type: ignore[attr-defined]
+        author = instruction.name if isinstance(instruction, Maintainer) else state.author
         entry = HistoryEntry(created=now, created_by=steps.created_by(instruction, shell=defaults.shell), empty_layer=True)
         state = state._replace(config=config, history=(*state.history, entry), author=author)
         self._finish(info, cached=False, layer_step=False, duration=time.monotonic() - started)
@@ -563,10 +576,8 @@ class Builder:
                 return None, created
             descriptor = Descriptor.from_json(data["layer"])
             diff_id = Digest.parse(data["diff_id"])
-        except (KeyError, TypeError, ValueError, BuildError):
+        except (KeyError, TypeError, ValueError, StoreError):
             return None  # a record of another version, or damaged: build again
-        except Exception:  # noqa: BLE001 - store validation errors: the same
-            return None
         if not self.store.content.exists(descriptor.digest):
             return None
         self._lease.add_blob(descriptor.digest)
