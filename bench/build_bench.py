@@ -50,6 +50,7 @@ from pathlib import Path
 from sandbox_bench import (
     cgroup_layout,
     last_first_line,
+    remove_containers_cache,
     script_interpreter,
     unmount_under,
 )
@@ -485,15 +486,7 @@ class Buildah(Tool):
         return quiet([self.binary, "--version"], check=False).strip() or "buildah (version unknown)"
 
     def close(self) -> None:
-        # buildah creates /var/lib/containers/cache (its blob-info cache) even with --root: take it back.
-        containers = Path("/var/lib/containers")
-        if not self.containers_dir_existed and containers.exists():
-            (containers / "cache" / "blob-info-cache-v1.boltdb").unlink(missing_ok=True)
-            for directory in (containers / "cache", containers):
-                try:
-                    directory.rmdir()
-                except OSError:
-                    pass
+        remove_containers_cache(self.containers_dir_existed)  # buildah makes it even with --root
 
 
 class Floor:

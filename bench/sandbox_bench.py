@@ -434,16 +434,8 @@ class Bench:
             if self.podman_image:
                 subprocess.run([*self.podman, "rmi", "--force", self.podman_image], **quiet)
             self.podman = None
-        # `podman load` creates /var/lib/containers/cache (its blob-info cache) even with --root: take back
-        # what this run created, and only that.
-        containers = Path("/var/lib/containers")
-        if not self.containers_dir_existed and containers.exists():
-            (containers / "cache" / "blob-info-cache-v1.boltdb").unlink(missing_ok=True)
-            for directory in (containers / "cache", containers):
-                try:
-                    directory.rmdir()
-                except OSError:
-                    pass
+        # `podman load` creates /var/lib/containers/cache (its blob-info cache) even with --root.
+        remove_containers_cache(self.containers_dir_existed)
 
     # ---- the report -----------------------------------------------------------------------
 
@@ -635,6 +627,19 @@ def script_interpreter(script: Path) -> str | None:
     except (OSError, IndexError, UnicodeDecodeError):
         return None
     return first[2:].strip() if first.startswith("#!") else None
+
+
+def remove_containers_cache(existed: bool) -> None:
+    """Take back the /var/lib/containers/cache that podman and buildah make even with --root, if this run made it."""
+    containers = Path("/var/lib/containers")
+    if existed or not containers.exists():
+        return
+    (containers / "cache" / "blob-info-cache-v1.boltdb").unlink(missing_ok=True)
+    for directory in (containers / "cache", containers):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass
 
 
 def unmount_under(root: Path) -> None:
