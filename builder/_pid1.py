@@ -298,12 +298,12 @@ def _default_signals() -> None:
     ignores SIGPIPE, nor what the builder's caller ignored (nohup, a background job) or blocked."""
     with open("/proc/self/status", "rb") as f:  # the container's /proc: PID 1's own, the kernel's view
         ignored = int(next(line for line in f if line.startswith(b"SigIgn:")).split()[1], 16)
-    signo = 1
-    while ignored:  # exec resets handled signals, not ignored ones
-        if ignored & 1:
+    # exec resets handled signals, not ignored ones. glibc keeps 32 and 33 for itself (not in
+    # valid_signals, and sigaction refuses them); a caller written in Rust or Go may ignore them,
+    # and every libc claims them again at start-up.
+    for signo in signal.valid_signals():
+        if ignored >> (signo - 1) & 1:
             signal.signal(signo, signal.SIG_DFL)
-        ignored >>= 1
-        signo += 1
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 

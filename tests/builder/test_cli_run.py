@@ -230,6 +230,27 @@ def test_sigterm_is_forwarded_to_the_container(store_root: Path) -> None:
     assert out == b"got-term\n"
 
 
+def _ignore_glibcs_own_signals() -> None:
+    """What a Rust or Go parent (hyperfine, a CI agent) may leave: signals 32 and 33 ignored.
+
+    glibc's sigaction refuses them, so this asks the kernel directly (struct k_sigaction: handler,
+    flags, restorer, mask)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    action = (ctypes.c_ulong * 4)(1, 0, 0, 0)  # SIG_IGN
+    for signo in (32, 33):
+        if libc.syscall(13, signo, ctypes.byref(action), None, 8) != 0:  # rt_sigaction on x86_64
+            os._exit(99)
+
+
+def test_a_caller_that_ignores_glibcs_reserved_signals(store_root: Path) -> None:
+    result = subprocess.run(command(store_root, "busybox", "echo", "hello"), stdin=subprocess.DEVNULL,
+                            capture_output=True, env=ENV, preexec_fn=_ignore_glibcs_own_signals, timeout=60,
+                            check=False)  # fmt: skip
+    assert (result.returncode, result.stdout, result.stderr) == (0, b"hello\n", b"")
+
+
 def test_a_third_interrupt_kills_a_container_that_ignores_them(store_root: Path) -> None:
     # PID 1 without a SIGINT handler ignores it: the first two are passed on, the third kills.
     with running(store_root, "echo ready; exec sleep 1000") as proc:
