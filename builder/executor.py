@@ -36,7 +36,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
@@ -420,7 +419,7 @@ class Builder:
         if ref is not None:
             parent = done[ref]
             triggers = _triggers(parent.config.on_build, stage.base)
-            return parent._replace(config=replace(parent.config, on_build=())), triggers
+            return parent._replace(config=parent.config._replace(on_build=())), triggers
         if image.lower() == _SCRATCH:
             return _State((), ContainerConfig(), (), None, ("linux", architecture, variant)), []
         from store.checkout import image_layers
@@ -437,7 +436,7 @@ class Builder:
         key = step_key(None, {"kind": "from", "image": str(found.manifest_descriptor.digest)})
         state = _State(
             layers=image_layers(found),
-            config=replace(config.config, on_build=()),
+            config=config.config._replace(on_build=()),
             history=config.history,
             key=key,
             platform=(config.os, config.architecture, config.variant),
@@ -665,7 +664,7 @@ class Builder:
 
         config = final.config
         if options.labels:
-            config = replace(config, labels={**config.labels, **options.labels})
+            config = config._replace(labels={**config.labels, **options.labels})
         os_, architecture, variant = final.platform
         image_key = step_key(
             final.key,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import replace
 
 from grammar import (
     Add,
@@ -91,31 +90,31 @@ def configure(config: ContainerConfig, instruction: Instruction, defaults: Stage
     """`config` after a config instruction (variables already substituted)."""
     match instruction:
         case Env(pairs=pairs):
-            return replace(config, env=set_env(config.env, pairs))
+            return config._replace(env=set_env(config.env, pairs))
         case Label(pairs=pairs):
-            return replace(config, labels={**config.labels, **dict(pairs)})
+            return config._replace(labels={**config.labels, **dict(pairs)})
         case Expose(ports=ports):
-            return replace(config, exposed_ports=_union(config.exposed_ports, _ports(ports, instruction)))
+            return config._replace(exposed_ports=_union(config.exposed_ports, _ports(ports, instruction)))
         case Volume(paths=paths):
-            return replace(config, volumes=_union(config.volumes, paths))
+            return config._replace(volumes=_union(config.volumes, paths))
         case User(user=user):
-            return replace(config, user=user)
+            return config._replace(user=user)
         case Workdir(path=path):
-            return replace(config, working_dir=workdir_of(config.working_dir, path))
+            return config._replace(working_dir=workdir_of(config.working_dir, path))
         case Cmd(command=command):
-            return replace(config, cmd=argv_of(command, defaults.shell))
+            return config._replace(cmd=argv_of(command, defaults.shell))
         case Entrypoint(command=command):
             # Docker: a CMD inherited from the base image does not survive a new ENTRYPOINT.
             cmd = None if defaults.cmd_inherited else config.cmd
-            return replace(config, entrypoint=argv_of(command, defaults.shell), cmd=cmd)
+            return config._replace(entrypoint=argv_of(command, defaults.shell), cmd=cmd)
         case Shell(argv=argv):
-            return replace(config, shell=tuple(argv))
+            return config._replace(shell=tuple(argv))
         case Stopsignal(signal=signal):
-            return replace(config, stop_signal=signal)
+            return config._replace(stop_signal=signal)
         case Healthcheck():
-            return replace(config, healthcheck=_healthcheck(instruction))
+            return config._replace(healthcheck=_healthcheck(instruction))
         case Onbuild(expression=expression):
-            return replace(config, on_build=(*config.on_build, expression))
+            return config._replace(on_build=(*config.on_build, expression))
     return config
 
 

@@ -16,50 +16,22 @@ Both accept `str` or UTF-8 `bytes`. Variable substitution is separate
     >>> [type(i).__name__ for i in recipe.stages[0].instructions]
     ['Run']
 
-This package imports neither `builder` nor `store`, and nothing heavy at
-import time: `pybuild parse` must start fast.
+This package imports neither `builder` nor `store`. Its names load on first use
+(PEP 562), so importing one light module (`grammar.record`) costs nothing
+else: `pybuild parse` and `pybuild run` must start fast.
 """
 
 from __future__ import annotations
 
-from .errors import ExpansionError, RecipeError, RecipeSyntaxError, RecipeValidationError, UnknownInstructionError
-from .instructions import (
-    Add,
-    Arg,
-    ArgDecl,
-    Cmd,
-    Command,
-    Copy,
-    Entrypoint,
-    Env,
-    ExecForm,
-    Expose,
-    From,
-    Healthcheck,
-    Heredoc,
-    Instruction,
-    Label,
-    Maintainer,
-    MountSpec,
-    Onbuild,
-    Recipe,
-    Run,
-    Shell,
-    ShellForm,
-    Stage,
-    Stopsignal,
-    User,
-    Volume,
-    Workdir,
-)
-from .parser import decode as _decode_text
-from .parser import parse_syntax as _parse_syntax
-from .source import Source, Span
-from .syntax import Directive, SyntaxNode, SyntaxTree, dump, to_json
-
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from os import PathLike
+_NAMES = {  # submodule: the public names it defines
+    "api": "parse parse_file parse_syntax",
+    "errors": "ExpansionError RecipeError RecipeSyntaxError RecipeValidationError UnknownInstructionError",
+    "instructions": "Add Arg ArgDecl Cmd Command Copy Entrypoint Env ExecForm Expose From Healthcheck Heredoc"
+    " Instruction Label Maintainer MountSpec Onbuild Recipe Run Shell ShellForm Stage Stopsignal User Volume Workdir",
+    "source": "Source Span",
+    "syntax": "Directive SyntaxNode SyntaxTree dump to_json",
+}
+_EXPORTS = {name: module for module, names in _NAMES.items() for name in names.split()}
 
 __all__ = [
     "Add",
@@ -107,41 +79,16 @@ __all__ = [
 ]
 
 
-def parse_syntax(data: str | bytes, name: str = "Recipefile") -> SyntaxTree:
-    """BuildKit's syntax tree of a recipe; RecipeSyntaxError where BuildKit fails."""
-    text = _decode(data, name)
-    try:
-        return _parse_syntax(text, name)
-    except RecipeError as exc:
-        exc.source = Source(name, text)
-        raise
+def __getattr__(name: str) -> object:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'grammar' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
 
 
-def parse(data: str | bytes, name: str = "Recipefile") -> Recipe:
-    """A checked, typed recipe; RecipeError (with file:line:col) when it is wrong."""
-    from .transform import to_instruction
-    from .validate import assemble
-
-    text = _decode(data, name)
-    source = Source(name, text)
-    try:
-        tree = _parse_syntax(text, name)
-        return assemble(source, tree.directives, (to_instruction(node, name) for node in tree.nodes))
-    except RecipeError as exc:
-        exc.source = source
-        raise
-
-
-def _decode(data: str | bytes, name: str) -> str:
-    try:
-        return _decode_text(data, name)
-    except RecipeError as exc:
-        raw = data if isinstance(data, bytes) else data.encode("utf-8", "surrogatepass")
-        exc.source = Source(name, raw.decode("utf-8", "replace"))
-        raise
-
-
-def parse_file(path: str | PathLike[str]) -> Recipe:
-    """Read and parse a recipe file; the path is the name used in messages."""
-    with open(path, "rb") as f:
-        return parse(f.read(), str(path))
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -40,8 +40,7 @@ The protocol is deliberately small; everything else (`write_blob`,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol, Self
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple, Protocol, Self
 
 from .descriptor import Descriptor
 from .digest import Digest
@@ -62,8 +61,7 @@ class BlobLease(Protocol):
     def add_blob(self, digest: Digest) -> None: ...
 
 
-@dataclass(frozen=True, slots=True)
-class Info:
+class Info(NamedTuple):
     """A committed blob: its digest, size, and when it was committed (Unix time)."""
 
     digest: Digest

@@ -7,9 +7,8 @@ is opened or downloaded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple, Self
 
 from .digest import Digest
 from .errors import InvalidDescriptor, InvalidDigest
@@ -43,8 +42,14 @@ class MediaType:
     CONFIGS = frozenset({CONFIG, DOCKER_CONFIG})
     LAYERS = frozenset(
         {
-            LAYER, LAYER_GZIP, LAYER_ZSTD, NONDIST_LAYER, NONDIST_LAYER_GZIP, NONDIST_LAYER_ZSTD,
-            DOCKER_LAYER, DOCKER_FOREIGN_LAYER,
+            LAYER,
+            LAYER_GZIP,
+            LAYER_ZSTD,
+            NONDIST_LAYER,
+            NONDIST_LAYER_GZIP,
+            NONDIST_LAYER_ZSTD,
+            DOCKER_LAYER,
+            DOCKER_FOREIGN_LAYER,
         }
     )
 
@@ -52,23 +57,52 @@ class MediaType:
 _NO_ANNOTATIONS: MappingProxyType[str, str] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class Descriptor:
-    """What a document says about a blob: its media type, digest and exact size."""
-
+class _DescriptorFields(NamedTuple):
     media_type: str
     digest: Digest
     size: int
-    annotations: MappingProxyType[str, str] = field(default_factory=lambda: _NO_ANNOTATIONS, compare=False)
-    platform: MappingProxyType[str, Any] | None = field(default=None, compare=False)
+    annotations: MappingProxyType[str, str] = _NO_ANNOTATIONS
+    platform: MappingProxyType[str, Any] | None = None
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.size, int) or isinstance(self.size, bool) or not 0 <= self.size <= MAX_BLOB_SIZE:
-            raise InvalidDescriptor(f"descriptor of {self.digest}: size {self.size!r} is out of range")
+
+class Descriptor(_DescriptorFields):
+    """What a document says about a blob: its media type, digest and exact size.
+
+    Two descriptors are equal when media type, digest and size are; annotations and platform do not count.
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
+        media_type: str,
+        digest: Digest,
+        size: int,
+        annotations: MappingProxyType[str, str] = _NO_ANNOTATIONS,
+        platform: MappingProxyType[str, Any] | None = None,
+    ) -> Self:
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_BLOB_SIZE:
+            raise InvalidDescriptor(f"descriptor of {digest}: size {size!r} is out of range")
+        return super().__new__(cls, media_type, digest, size, annotations, platform)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Descriptor):
+            return NotImplemented
+        return self[:3] == other[:3]
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash(self[:3])
 
     def with_annotations(self, **annotations: str) -> Descriptor:
         return Descriptor(
-            self.media_type, self.digest, self.size, MappingProxyType({**self.annotations, **annotations}), self.platform
+            self.media_type,
+            self.digest,
+            self.size,
+            MappingProxyType({**self.annotations, **annotations}),
+            self.platform,
         )
 
     @classmethod
@@ -76,7 +110,11 @@ class Descriptor:
         """Validate and convert one JSON descriptor object; InvalidDescriptor if it is not one."""
         if not isinstance(value, dict):
             raise InvalidDescriptor(f"{where}: not a JSON object")
-        media_type, digest, size = value.get("mediaType"), value.get("digest"), value.get("size")
+        media_type, digest, size = (
+            value.get("mediaType"),
+            value.get("digest"),
+            value.get("size"),
+        )
         if not isinstance(media_type, str) or not media_type or len(media_type) > 255:
             raise InvalidDescriptor(f"{where}: missing or invalid mediaType")
         try:
@@ -103,7 +141,11 @@ class Descriptor:
 
     def to_json(self) -> dict[str, Any]:
         """The descriptor as an OCI JSON object."""
-        out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
+        out: dict[str, Any] = {
+            "mediaType": self.media_type,
+            "digest": str(self.digest),
+            "size": self.size,
+        }
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         if self.platform is not None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+from typing import NamedTuple, Self
 
 from .errors import InvalidDigest
 
@@ -19,21 +19,27 @@ _HEX_LENGTH = {"sha256": 64, "sha512": 128}
 _HEX = re.compile(r"[0-9a-f]+")
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Digest:
-    """A content address, printed as `sha256:<64 hex>`."""
-
+class _DigestFields(NamedTuple):
     algorithm: str
     hex: str
 
-    def __post_init__(self) -> None:
-        length = _HEX_LENGTH.get(self.algorithm)
+
+class Digest(_DigestFields):
+    """A content address, printed as `sha256:<64 hex>`."""
+
+    __slots__ = ()
+
+    # A NamedTuple rather than a dataclass: `pybuild run` starts a process per container, and
+    # importing dataclasses (it pulls in inspect and ast) would cost more than the run itself.
+    def __new__(cls, algorithm: str, hex: str) -> Self:
+        length = _HEX_LENGTH.get(algorithm)
         if length is None:
-            raise InvalidDigest(f"invalid digest algorithm {self.algorithm!r}: use sha256 or sha512")
-        if len(self.hex) != length or not _HEX.fullmatch(self.hex):
+            raise InvalidDigest(f"invalid digest algorithm {algorithm!r}: use sha256 or sha512")
+        if not isinstance(hex, str) or len(hex) != length or not _HEX.fullmatch(hex):
             raise InvalidDigest(
-                f"invalid digest '{self.algorithm}:{self.hex[:80]}': hex must be {length} lower-case characters"
+                f"invalid digest '{algorithm}:{str(hex)[:80]}': hex must be {length} lower-case characters"
             )
+        return super().__new__(cls, algorithm, hex)
 
     @classmethod
     def parse(cls, text: str) -> Digest:

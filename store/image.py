@@ -12,9 +12,8 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 from .descriptor import Descriptor, MediaType
 from .digest import Digest
@@ -56,8 +55,7 @@ _EMPTY: Mapping[str, str] = MappingProxyType({})
 # ---- the documents -------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Manifest:
+class Manifest(NamedTuple):
     """One image for one platform: a config blob and an ordered list of layer blobs."""
 
     config: Descriptor
@@ -65,7 +63,7 @@ class Manifest:
     media_type: str = MediaType.MANIFEST
     artifact_type: str | None = None
     subject: Descriptor | None = None
-    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    annotations: Mapping[str, str] = _EMPTY
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -78,15 +76,14 @@ class Manifest:
         return out
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Index:
+class Index(NamedTuple):
     """A list of manifests (usually one per platform), or of other indexes."""
 
     manifests: tuple[Descriptor, ...]
     media_type: str = MediaType.INDEX
     artifact_type: str | None = None
     subject: Descriptor | None = None
-    annotations: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    annotations: Mapping[str, str] = _EMPTY
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -98,8 +95,7 @@ class Index:
         return out
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Healthcheck:
+class Healthcheck(NamedTuple):
     """Docker's HEALTHCHECK; durations are integer nanoseconds, 0 meaning "inherit"."""
 
     test: tuple[str, ...] = ()
@@ -123,8 +119,7 @@ class Healthcheck:
         return out
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ContainerConfig:
+class ContainerConfig(NamedTuple):
     """The config's `config` object: how a container of the image runs.
 
     `cmd` and `entrypoint` are None when unset, which differs from an empty list.
@@ -135,7 +130,7 @@ class ContainerConfig:
     entrypoint: tuple[str, ...] | None = None
     working_dir: str = ""
     user: str = ""
-    labels: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    labels: Mapping[str, str] = _EMPTY
     exposed_ports: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     stop_signal: str = ""
@@ -145,16 +140,27 @@ class ContainerConfig:
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key, value in (("Env", self.env), ("OnBuild", self.on_build), ("Shell", self.shell)):
+        for key, value in (
+            ("Env", self.env),
+            ("OnBuild", self.on_build),
+            ("Shell", self.shell),
+        ):
             if value:
                 out[key] = list(value)
         for key, value in (("Cmd", self.cmd), ("Entrypoint", self.entrypoint)):
             if value is not None:
                 out[key] = list(value)
-        for key, text in (("WorkingDir", self.working_dir), ("User", self.user), ("StopSignal", self.stop_signal)):
+        for key, text in (
+            ("WorkingDir", self.working_dir),
+            ("User", self.user),
+            ("StopSignal", self.stop_signal),
+        ):
             if text:
                 out[key] = text
-        for key, names in (("ExposedPorts", self.exposed_ports), ("Volumes", self.volumes)):
+        for key, names in (
+            ("ExposedPorts", self.exposed_ports),
+            ("Volumes", self.volumes),
+        ):
             if names:
                 out[key] = {name: {} for name in names}
         if self.labels:
@@ -164,8 +170,7 @@ class ContainerConfig:
         return out
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
     """How one layer (or one config-only step, `empty_layer`) came about."""
 
     created: str | None = None
@@ -190,8 +195,7 @@ class HistoryEntry:
         return out
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
-class ImageConfig:
+class ImageConfig(NamedTuple):
     """The image config: platform, runtime defaults, layer diff_ids (uncompressed digests), history."""
 
     architecture: str
@@ -200,7 +204,7 @@ class ImageConfig:
     variant: str | None = None
     os_version: str | None = None
     os_features: tuple[str, ...] = ()
-    config: ContainerConfig = field(default_factory=ContainerConfig)
+    config: ContainerConfig = ContainerConfig()
     history: tuple[HistoryEntry, ...] = ()
     created: str | None = None
     author: str | None = None
@@ -230,7 +234,10 @@ class ImageConfig:
 
 
 def _put_optional(
-    out: dict[str, Any], artifact_type: str | None, subject: Descriptor | None, annotations: Mapping[str, str]
+    out: dict[str, Any],
+    artifact_type: str | None,
+    subject: Descriptor | None,
+    annotations: Mapping[str, str],
 ) -> None:
     if artifact_type is not None:
         out["artifactType"] = artifact_type
@@ -246,7 +253,13 @@ def _put_optional(
 def canonical_json(obj: Any) -> bytes:
     """The canonical bytes of a document (or of anything with `to_json()`, or plain JSON data)."""
     value = obj.to_json() if hasattr(obj, "to_json") else obj
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+    ).encode()
 
 
 def chain_id(diff_ids: Sequence[Digest]) -> Digest:
@@ -325,7 +338,12 @@ def parse_config(data: bytes, descriptor: Descriptor | None = None) -> ImageConf
 
 
 def _parse(
-    data: bytes, descriptor: Descriptor | None, kind: str, allowed: frozenset[str], default: str, build: Any
+    data: bytes,
+    descriptor: Descriptor | None,
+    kind: str,
+    allowed: frozenset[str],
+    default: str,
+    build: Any,
 ) -> Any:
     def where() -> str:
         return f"{kind} {descriptor.digest if descriptor else Digest.of(bytes(data))}"
@@ -335,7 +353,10 @@ def _parse(
         raise UnsupportedMediaType(f"{where()}: media type {media_type!r} is not a {kind}")
     limit = MAX_CONFIG_SIZE if kind == "config" else MAX_MANIFEST_SIZE
     if len(data) > limit:
-        raise LimitExceeded(f"{where()}: {len(data)} bytes is more than the {limit} allowed for a {kind}", limit=limit)
+        raise LimitExceeded(
+            f"{where()}: {len(data)} bytes is more than the {limit} allowed for a {kind}",
+            limit=limit,
+        )
     try:
         value = _load_json(data)
         if not isinstance(value, dict):

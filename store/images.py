@@ -15,10 +15,9 @@ a unique prefix of either (at least 4 hex digits).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from .content import read_blob
 from .descriptor import Descriptor, MediaType
@@ -59,8 +58,7 @@ def default_root(environ: Mapping[str, str] | None = None, euid: int | None = No
     return Path(data) / "pybuild"
 
 
-@dataclass(frozen=True, slots=True)
-class Image:
+class Image(NamedTuple):
     """A stored image for this host's platform: its names, manifest and config."""
 
     names: tuple[Reference, ...]

@@ -8,7 +8,7 @@ Docker Hub name gains `library/`, no tag and no digest means `:latest`. Digests 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from .digest import Digest
 from .errors import InvalidDigest, InvalidReference
@@ -31,8 +31,7 @@ _TAG_RE = re.compile(r"\w[\w.-]{0,127}", re.ASCII)
 _IDENTIFIER_RE = re.compile(r"[a-f0-9]{64}")
 
 
-@dataclass(frozen=True, slots=True, order=True)
-class Reference:
+class Reference(NamedTuple):
     """A normalised reference: `str()` is the full form, `familiar` the short one for display.
 
     At least one of `tag` and `digest` is set; both may be (`name:tag@digest`).
