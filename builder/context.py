@@ -87,12 +87,12 @@ import os
 import posixpath
 import stat
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from builder.errors import ContextError
 from builder.ignore import IgnoreRules, glob_matcher
+from grammar.record import record
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
@@ -102,7 +102,7 @@ if TYPE_CHECKING:
 __all__ = ["BuildContext", "ContextEntry", "SourceMatch"]
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ContextEntry:
     """One file, directory or symbolic link of the view."""
 
@@ -115,7 +115,7 @@ class ContextEntry:
     digest: str | None  # "sha256:<hex>" of a file's content
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SourceMatch:
     """A path one source selected, and the entries to copy for it."""
 
@@ -311,7 +311,7 @@ class _Missing(Exception):
         self.rule = rule
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class _Found:
     # The directory holding the target (an fd the caller closes) and its
     # rel parts; `name` is None when the target is that directory itself.

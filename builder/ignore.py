@@ -59,12 +59,13 @@ with must be.
 
 from __future__ import annotations
 
+import functools
 import posixpath
 import re
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from builder.errors import ContextError
+from grammar.record import record
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -79,7 +80,7 @@ _WILD_EXCEPTION = frozenset("*[]?^\\")
 _MAGIC = frozenset("*?[]\\")
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IgnoreRule:
     """One pattern of an ignore file; `str()` is `origin:line (pattern)`."""
 
@@ -87,24 +88,16 @@ class IgnoreRule:
     negated: bool
     origin: str
     line: int
-    _matches: Callable[[str], bool] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        try:
-            matches = _dockerignore_matcher(self.pattern)
-        except ValueError as exc:
-            raise ContextError(f"{self.origin}:{self.line}: malformed pattern {_shown(self.pattern)}: {exc}") from None
-        object.__setattr__(self, "_matches", matches)
 
     def __str__(self) -> str:
         return f"{self.origin}:{self.line} ({'!' if self.negated else ''}{self.pattern})"
 
     def matches(self, rel: str) -> bool:
         """Whether the pattern matches `rel` itself (parents are the caller's business)."""
-        return self._matches(rel)
+        return _matcher(self.pattern)(rel)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IgnoreRules:
     """The rules of one ignore file (or one COPY's --exclude flags), in order."""
 
@@ -184,7 +177,16 @@ def _rule(pattern: str, origin: str, line: int) -> IgnoreRule:
     pattern = _go_clean(pattern)
     if len(pattern) > 1 and pattern.startswith("/"):
         pattern = pattern[1:]
+    try:
+        _matcher(pattern)
+    except ValueError as exc:
+        raise ContextError(f"{origin}:{line}: malformed pattern {_shown(pattern)}: {exc}") from None
     return IgnoreRule(pattern, negated, origin, line)
+
+
+@functools.cache
+def _matcher(pattern: str) -> Callable[[str], bool]:
+    return _dockerignore_matcher(pattern)
 
 
 def _go_clean(path: str) -> str:
