@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Compression", "auto_decompressor", "compressor", "decompressor", "sniff"]
 
-ZSTD_LEVEL = 3
+# Every build step compresses its layer as it commits (BuildKit leaves that to export), so the
+# level is a commit-time cost: level 2 is 1.4x (a /usr tarball) to 1.75x (W3's 1 GiB) faster than
+# zstd's default 3 on two threads, for blobs 4-5% larger.
+ZSTD_LEVEL = 2
 GZIP_LEVEL = 6
 MAX_ZSTD_WINDOW = 1 << 27
 
