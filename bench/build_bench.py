@@ -18,7 +18,7 @@ base), no-op rebuild (the same build again) and, for workloads whose recipe
 COPYs context files, a rebuild after one of those files changed (new bytes
 each round). For W3 it also times its floor: the RUN payload alone on the host
 (the busybox of the rootfs, writing into a plain directory) plus zstandard
-level 3 with two threads over the 1 GiB it wrote. Each timed build is the
+at pybuild's layer level with two threads over the 1 GiB it wrote. Each timed build is the
 wall time of the whole command (client included), after an untimed
 `sync`; the cold build's reset is untimed too. Every round runs each case
 for every tool in a fresh (seeded) random order, after one untimed warm-up
@@ -490,7 +490,7 @@ class Buildah(Tool):
 
 
 class Floor:
-    """W3's floor: its RUN payload alone on the host, then zstd (level 3, two threads) of the 1 GiB it wrote.
+    """W3's floor: its RUN payload alone on the host, then zstd (pybuild's layer level, two threads) of the 1 GiB it wrote.
 
     The payload runs as the build runs it: the rootfs's own busybox shell and applets (tr, head,
     cat), writing into a plain directory. The same script with the host's /bin/sh and GNU tools
@@ -506,10 +506,13 @@ class Floor:
         self.problem = ""
         try:
             import zstandard
+
+            from store.compression import ZSTD_LEVEL
         except ImportError:
             self.problem = "the python `zstandard` package is not importable: run with the project's interpreter"
             return
         self.zstandard = zstandard
+        self.level = ZSTD_LEVEL
         self.rootfs.mkdir(parents=True)
         subprocess.run(["tar", "-C", str(self.rootfs), "--numeric-owner", "-xf", str(bench.tarball)], check=True)
         runs = [
@@ -538,7 +541,7 @@ class Floor:
         payload = timed(self.busybox, log, env=self.busybox_env, cwd=self.dir).seconds
         files = self.output()
         start = time.perf_counter()
-        writer = self.zstandard.ZstdCompressor(level=3, threads=2).stream_writer(_Null(), closefd=False)
+        writer = self.zstandard.ZstdCompressor(level=self.level, threads=2).stream_writer(_Null(), closefd=False)
         buffer = bytearray(CHUNK)
         view = memoryview(buffer)
         for path in files:
@@ -762,6 +765,7 @@ class Bench:
                 "samples": totals,
                 "payload_median": mid(parts["payload"]),
                 "zstd_median": mid(parts["zstd"]),
+                "zstd_level": getattr(self.floor, "level", None),
                 "host_tools": {"median": mid(host_totals), "payload_median": mid(parts["payload_host_tools"])},
                 "parts_samples": parts,
                 "problem": self.floor.problem,
@@ -841,7 +845,7 @@ def render(report: dict) -> str:
                 ),
                 (
                     f"    = the RUN payload on the host with the rootfs's busybox {floor['payload_median']:.3f}"
-                    f" + zstd level 3, 2 threads, of its 1 GiB {floor['zstd_median']:.3f}"
+                    f" + zstd level {floor['zstd_level']}, 2 threads, of its 1 GiB {floor['zstd_median']:.3f}"
                 ),
                 (
                     f"    (with the host's /bin/sh and GNU tools instead: payload {host['payload_median']:.3f},"
