@@ -13,8 +13,6 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import shutil
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 from grammar import Add, Copy, ExecForm, Run, ShellForm
@@ -41,6 +39,8 @@ _HOSTNAME = "buildkitsandbox"  # what BuildKit names its RUN containers; scripts
 
 def _scratch(builder: Builder) -> str:
     """A directory of this step's own, inside the build's scratch directory (removed with the build)."""
+    import tempfile
+
     return tempfile.mkdtemp(prefix="step-", dir=builder.scratch_root())
 
 
@@ -126,6 +126,8 @@ def run_action(builder: Builder, instruction: Run, work: _StageWork, state: _Sta
     def close() -> None:
         prepared.close()
         if scratch:
+            import shutil
+
             shutil.rmtree(scratch, ignore_errors=True)
 
     return _Action(op, prepared.files, run, close)
@@ -234,6 +236,8 @@ def copy_action(builder: Builder, instruction: Copy | Add, work: _StageWork, sta
             )
         except ContextError as exc:
             if scratch:
+                import shutil
+
                 shutil.rmtree(scratch, ignore_errors=True)
             raise ContextError(f"{word}: {exc.message}", span) from None
         op["content"] = source_root.digest(matches)
@@ -279,6 +283,8 @@ def copy_action(builder: Builder, instruction: Copy | Add, work: _StageWork, sta
 
     def close() -> None:
         if scratch:
+            import shutil
+
             shutil.rmtree(scratch, ignore_errors=True)
 
     action = _Action(op, files, run, close)

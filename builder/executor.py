@@ -30,8 +30,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections import deque
@@ -615,6 +613,8 @@ class Builder:
         It holds a lock while the build runs; a build killed with SIGKILL
         leaves one unlocked, which the next build sweeps.
         """
+        import tempfile
+
         with self._emit_lock:
             if self._scratch is None:
                 from .namespace_sandbox import default_state_root
@@ -630,6 +630,8 @@ class Builder:
 
     def _remove_scratch(self) -> None:
         if self._scratch is not None:
+            import shutil
+
             root, lock = self._scratch
             self._scratch = None
             shutil.rmtree(root, ignore_errors=True)
@@ -807,6 +809,8 @@ def _triggers(on_build: tuple[str, ...], where: From) -> list[Any]:
 
 def _sweep_scratch(base: str | os.PathLike[str]) -> None:
     """Remove the scratch directories of builds that died (their lock is free)."""
+    import shutil
+
     for entry in os.scandir(base):
         try:
             lock = os.open(os.path.join(entry.path, ".lock"), os.O_WRONLY | os.O_CLOEXEC)

@@ -12,8 +12,6 @@ complete; an existing directory for type=local must be empty.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from typing import TYPE_CHECKING
 
 from grammar.record import record
@@ -66,6 +64,9 @@ def export(store: Store, result: BuildResult, output: Output) -> None:
 
 
 def _export(store: Store, result: BuildResult, output: Output) -> None:
+    import shutil
+    import tempfile
+
     from store.transfer import save
 
     tag = result.tags[0] if result.tags else None

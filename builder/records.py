@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -113,8 +112,11 @@ class BuildRecord:
         os.replace(temporary, self.path)
         if self._log_dir is not None and self._log_dir.parent.is_dir():
             old = sorted(p for p in self._log_dir.parent.iterdir() if p.is_dir())[:-_KEEP_LOGS]
-            for directory in old:
-                shutil.rmtree(directory, ignore_errors=True)
+            if old:
+                import shutil
+
+                for directory in old:
+                    shutil.rmtree(directory, ignore_errors=True)
 
     def explain(
         self,

@@ -24,8 +24,6 @@ import fcntl
 import hashlib
 import os
 import posixpath
-import shutil
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 from grammar.record import record
@@ -104,6 +102,8 @@ def prepare(
             elif kind == "bind":
                 _bind(fields, target, out, span, scratch, context)  # type: ignore[arg-type]
             elif kind == "tmpfs":
+                import tempfile
+
                 from .sandbox import Bind
 
                 out.binds.append(Bind(tempfile.mkdtemp(prefix="tmpfs-", dir=scratch), target))  # type: ignore[arg-type]
@@ -196,6 +196,9 @@ def _cache(fields: Mapping[str, str | None], target: str, out: Prepared, span: S
 def _bind(
     fields: Mapping[str, str | None], target: str, out: Prepared, span: Span, scratch: str, context: BuildContext
 ) -> None:
+    import shutil
+    import tempfile
+
     source = fields.get("source") or fields.get("src") or "."
     from .errors import ContextError
 
@@ -227,6 +230,8 @@ def _secret(
     scratch: str,
     secrets: Mapping[str, Secret],
 ) -> None:
+    import tempfile
+
     secret_id = fields.get("id") or (posixpath.basename(target) if target else "")
     secret = secrets.get(secret_id)
     required = _flag(fields, "required")

@@ -96,6 +96,8 @@ def _pairs(items: list[str], option: str, *, environment: bool = False) -> dict[
 
 
 def _secrets(items: list[str]):  # type: ignore[no-untyped-def]
+    if not items:
+        return {}
     from ..run_mounts import Secret
 
     out = {}
