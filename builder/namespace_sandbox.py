@@ -305,7 +305,6 @@ class NamespaceSandbox:
             self._running.add(running)
         if container.pty_socket is not None:
             container.pty_socket.close()
-        self._prefork(request.network)  # the next run's PID 1, while this one runs
         try:
             status, rusage, timed_out, report = _supervise(
                 pid, report_r, pipes, on_output, pty_socket, on_pty, request.timeout, started, forward,
@@ -323,6 +322,7 @@ class NamespaceSandbox:
                 os.close(fd)
             os.close(report_r)
         duration = time.monotonic() - started
+        self._prefork(request.network)  # the next run's PID 1: it gets ready while the caller goes on
         stubs, error, exec_error = _parse_report(report)
         remove_stubs(request.rootfs, stubs)
         if error is not None:
