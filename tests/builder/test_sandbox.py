@@ -554,6 +554,9 @@ def killed_sandbox(store: Store, store_root: Path, tmp_path: Path) -> Iterator[K
         assert select.select([proc.stdout], [], [], 20)[0], "the helper said nothing"
         key = proc.stdout.readline().decode().strip()
         assert proc.stdout.readline() == b"started\n"
+        deadline = time.monotonic() + 5  # sh may still be in its exec of sleep, its /proc files empty
+        while not processes_with(marker.encode()) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert len(processes_with(marker.encode())) == 1
         (leftover,) = sandbox_dirs(state)
         nodes = [p for p in pybuild_cgroups() if p not in before]
