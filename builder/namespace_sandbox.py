@@ -86,7 +86,7 @@ class NamespaceSandbox:
     """See the module docstring and builder.sandbox."""
 
     def __init__(self, state_root: str | os.PathLike[str] | None = None, *, prefork: bool = True) -> None:
-        """`prefork`: fork each run's PID 1 ahead, while the run before it runs (see `_Warm`); worth it
+        """`prefork`: fork each run's PID 1 ahead, once the run before it has ended (see `_Forker`); worth it
         for a sandbox that runs many commands (a build), not for one (`pybuild run`)."""
         self.state_root = Path(state_root) if state_root is not None else default_state_root()
         self.rootless = os.geteuid() != 0
@@ -102,13 +102,12 @@ class NamespaceSandbox:
         os.mkdir(self._dir / "stage", 0o755)
         os.mkdir(self._dir / "stubs", 0o755)
         self._pidns = None if self.rootless else os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        self._prefork_wanted = prefork and not self.rootless
-        self._warm: _Warm | None = None
+        self._forker = _Forker(self._pidns, str(self._dir)) if prefork and self._pidns is not None else None
         self._releaser = _Releaser()
         self._stub_layers: dict[str, str | None] = {}  # lowerdir -> its stub layer
         self._etc_texts: dict[tuple[str, int, int, int], str] = {}  # the image's passwd and group, read once
         self._lower_credentials: dict[tuple[str, str], Credentials | None] = {}  # (lowerdir, USER) ->
-        self._warm_lock = threading.Lock()
+        self._running_lock = threading.Lock()
         self._running: set[int] = set()  # pidfds of the PID 1s of runs in progress, for cancel()
         self.warnings: tuple[str, ...] = ()
         if SECCOMP is None:
@@ -124,10 +123,8 @@ class NamespaceSandbox:
     def close(self) -> None:
         """Remove this sandbox's state directory; runs must have ended."""
         self._releaser.drain()
-        with self._warm_lock:
-            warm, self._warm = self._warm, None
-        if warm is not None:
-            warm.discard()
+        if self._forker is not None:
+            self._forker.close()
         if self._pidns is not None:
             os.close(self._pidns)
             self._pidns = None
@@ -138,7 +135,7 @@ class NamespaceSandbox:
 
     def cancel(self) -> None:
         """Kill the containers of the runs in progress (from any thread): their runs return, killed."""
-        with self._warm_lock:
+        with self._running_lock:
             for pidfd in self._running:
                 _kill(pidfd)
 
@@ -282,7 +279,7 @@ class NamespaceSandbox:
         forward = _SignalForwarder(forward_signals)
         life_r = life_w = -1  # PID 1 sees EOF on life_r once the parent is gone
         try:
-            warm = self._take_warm(request.network)
+            warm = self._forker.take(request.network) if self._forker is not None else None
             if warm is not None and warm.hand_over(container, report_w):
                 pid, life_w = warm.pid, warm.life_w
             else:
@@ -301,7 +298,7 @@ class NamespaceSandbox:
             if fd >= 0:
                 os.close(fd)
         running = os.pidfd_open(pid)
-        with self._warm_lock:
+        with self._running_lock:
             self._running.add(running)
         if container.pty_socket is not None:
             container.pty_socket.close()
@@ -311,7 +308,7 @@ class NamespaceSandbox:
                 None if self.rootless else self._releaser.hold,
             )
         finally:
-            with self._warm_lock:
+            with self._running_lock:
                 self._running.discard(running)
             os.close(running)
             self._releaser.release()
@@ -322,7 +319,8 @@ class NamespaceSandbox:
                 os.close(fd)
             os.close(report_r)
         duration = time.monotonic() - started
-        self._prefork(request.network)  # the next run's PID 1: it gets ready while the caller goes on
+        if self._forker is not None:
+            self._forker.request(request.network)  # the next run's PID 1, made while the caller goes on
         stubs, error, exec_error = _parse_report(report)
         remove_stubs(request.rootfs, stubs)
         if error is not None:
@@ -391,24 +389,6 @@ class NamespaceSandbox:
             return resolve_user(user, *texts)
         except UserError:
             return None  # PID 1 says so, as it would have
-
-    def _take_warm(self, network: str) -> _Warm | None:
-        with self._warm_lock:
-            warm, self._warm = self._warm, None
-        if warm is not None and warm.network != network:
-            warm.discard()
-            return None
-        return warm
-
-    def _prefork(self, network: str) -> None:
-        # Only from the main thread: PR_SET_PDEATHSIG fires when the forking *thread* ends,
-        # and a waiting PID 1 must outlive the run that forked it.
-        if not self._prefork_wanted or self._lock is None or threading.current_thread() is not threading.main_thread():
-            return
-        with self._warm_lock:
-            if self._warm is None:
-                assert self._pidns is not None
-                self._warm = _Warm.fork(network, self._pidns, str(self._dir))
 
     def _fork(self, container: Container, report_w: int, life_r: int, life_w: int) -> int:
         if self.rootless:
@@ -554,8 +534,8 @@ class _Warm:
     """A PID 1 forked ahead of its run (as root): namespaces made but the cgroup one, waiting for the rest.
 
     Forking and making namespaces are the dearest part of a run; a sandbox
-    that runs many commands does them for the next run while the current
-    one runs. The run hands over what it is (pickled) and its descriptors
+    that runs many commands does them for the next run once the current one
+    has ended (`_Forker`). The run hands over what it is (pickled) and its descriptors
     (stdio, report pipe, cgroup join fds) on a socket; a sandbox closed
     with one waiting discards it. It is single-use, and forked for one
     network mode: a run wanting the other gets a fresh fork.
@@ -612,6 +592,72 @@ class _Warm:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
         os.close(self.life_w)
+
+
+class _Forker:
+    """Forks the next run's PID 1 (a `_Warm`) in a thread of its own, once the run before it has ended.
+
+    The fork (a millisecond or more for a Python process) and the new PID 1's
+    set-up then happen while the caller goes on (commits the step's layer,
+    checks out the next root), off the next run's clock and without taking
+    the CPU from a running command. The thread lives as long as the sandbox:
+    a PID 1's PR_SET_PDEATHSIG fires when the thread that forked it ends.
+    """
+
+    def __init__(self, pidns: int, where: str) -> None:
+        self._pidns, self._where = pidns, where
+        self._wake = threading.Condition()
+        self._wanted: str | None = None  # the network mode of the PID 1 to fork next
+        self._warm: _Warm | None = None
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def request(self, network: str) -> None:
+        with self._wake:
+            if self._closed or self._warm is not None or self._wanted is not None:
+                return
+            self._wanted = network
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="pybuild-prefork", daemon=True)
+                self._thread.start()
+            self._wake.notify_all()
+
+    def take(self, network: str) -> _Warm | None:
+        """The PID 1 forked ahead (waiting for its fork to finish), or None: the run forks its own."""
+        with self._wake:
+            while self._wanted is not None and not self._closed:
+                self._wake.wait()
+            warm, self._warm = self._warm, None
+        if warm is not None and warm.network != network:
+            warm.discard()
+            return None
+        return warm
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._wanted is None and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    return
+                network = self._wanted
+            try:
+                warm: _Warm | None = _Warm.fork(network, self._pidns, self._where)
+            except OSError:
+                warm = None  # the next run forks its own, and reports what fails
+            with self._wake:
+                self._warm, self._wanted = warm, None
+                self._wake.notify_all()
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify_all()
+        if self._thread is not None:
+            self._thread.join()
+        if self._warm is not None:
+            self._warm.discard()
+            self._warm = None
 
 
 def _layers(rootfs: tuple[Mount, ...]) -> list[str] | None:

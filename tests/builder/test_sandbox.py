@@ -722,7 +722,8 @@ def test_many_runs_leave_nothing_behind(store: Store, tmp_path: Path) -> None:
 
 
 def test_runs_forked_ahead_are_as_isolated_and_leave_nothing(store: Store, tmp_path: Path) -> None:
-    """Each run's PID 1 is forked during the run before; a change of network mode forks afresh."""
+    """Each run's PID 1 is forked once the run before has ended (in the background); a change of network
+    mode forks afresh."""
     before = children()
     with NamespaceSandbox(state_root=tmp_path / "state") as sandbox:
         outputs = []
@@ -738,6 +739,9 @@ def test_runs_forked_ahead_are_as_isolated_and_leave_nothing(store: Store, tmp_p
             assert result.ok, result
             pid, *interfaces = b"".join(out).decode().split()
             outputs.append((network, pid, interfaces))
+            deadline = time.monotonic() + 5
+            while len(children()) != len(before) + 1 and time.monotonic() < deadline:
+                time.sleep(0.005)
             assert len(children()) == len(before) + 1, "one PID 1 waits for the next run"
         for network, pid, interfaces in outputs:
             assert pid == "1"
@@ -747,7 +751,7 @@ def test_runs_forked_ahead_are_as_isolated_and_leave_nothing(store: Store, tmp_p
 
 def test_a_run_from_another_thread_does_not_leave_a_doomed_pid_1(store: Store, tmp_path: Path) -> None:
     # PR_SET_PDEATHSIG fires when the forking *thread* ends: a PID 1 forked ahead by a worker thread
-    # would be killed, mid-run, when that thread ends. Forking ahead happens in the main thread only.
+    # would be killed, mid-run, when that thread ends. Forking ahead happens in the sandbox's own thread.
     with NamespaceSandbox(state_root=tmp_path / "state") as sandbox:
         results = []
         done = threading.Event()
