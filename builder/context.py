@@ -247,7 +247,7 @@ class BuildContext:
             if not stat.S_ISREG(opened.st_mode) or (opened.st_dev, opened.st_ino) != (st.st_dev, st.st_ino):
                 raise _changed(rel)
             sha = hashlib.sha256()
-            buffer = bytearray(_CHUNK)
+            buffer = bytearray(min(_CHUNK, st.st_size + 1))  # one read and EOF for a small file; no 1 MiB memset each
             view = memoryview(buffer)
             while count := os.readv(fd, [buffer]):
                 sha.update(view[:count])
