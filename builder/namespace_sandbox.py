@@ -643,8 +643,8 @@ class _Forker:
                 network = self._wanted
             try:
                 warm: _Warm | None = _Warm.fork(network, self._pidns, self._where)
-            except OSError:
-                warm = None  # the next run forks its own, and reports what fails
+            except Exception:  # noqa: BLE001 -- the next run forks its own, and reports what fails
+                warm = None  # (and a run waiting in take() must not wait for ever)
             with self._wake:
                 self._warm, self._wanted = warm, None
                 self._wake.notify_all()

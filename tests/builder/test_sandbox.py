@@ -776,6 +776,33 @@ def test_a_run_from_another_thread_does_not_leave_a_doomed_pid_1(store: Store, t
     assert [r.status for r in results] == [0, 0], results
 
 
+def test_a_fork_ahead_that_fails_leaves_the_next_run_to_fork_its_own(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from builder import namespace_sandbox
+
+    def failing_fork(cls: type, network: str, pidns: int, where: str) -> None:
+        raise RuntimeError("no fork ahead today")
+
+    monkeypatch.setattr(namespace_sandbox._Warm, "fork", classmethod(failing_fork))
+    statuses: list[int] = []
+
+    def two_runs() -> None:
+        with NamespaceSandbox(state_root=tmp_path / "state") as sandbox:
+            for _ in range(2):
+                rootfs = store.checkout("busybox")
+                try:
+                    statuses.append(sandbox.run(ExecRequest(argv=("true",), rootfs=rootfs.mounts)).status)
+                finally:
+                    rootfs.remove()
+
+    runner = threading.Thread(target=two_runs, daemon=True)
+    runner.start()
+    runner.join(60)
+    assert not runner.is_alive(), "the second run waits for ever for a PID 1 that was never forked"
+    assert statuses == [0, 0]
+
+
 def test_no_forking_ahead_when_asked(store: Store, tmp_path: Path) -> None:
     before = children()
     with NamespaceSandbox(state_root=tmp_path / "state", prefork=False) as sandbox:
