@@ -51,6 +51,8 @@ from sandbox_bench import (
     cgroup_layout,
     last_first_line,
     remove_containers_cache,
+    remove_empty_dirs,
+    remove_work,
     script_interpreter,
     unmount_under,
 )
@@ -115,11 +117,7 @@ def main() -> int:
         return 130
     finally:
         bench.close()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            unmount_under(work)
-            shutil.rmtree(work, ignore_errors=True)
+        remove_work(work, keep=args.keep)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -417,15 +415,7 @@ class BuildKit(Tool):
             shutil.rmtree(self.made_exec_root, ignore_errors=True)
         for path in self.created_outside:
             if path.is_dir():
-                for directory in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: -len(str(p))):
-                    try:
-                        directory.rmdir()
-                    except OSError:
-                        pass
-                try:
-                    path.rmdir()
-                except OSError:
-                    pass
+                remove_empty_dirs(path)
             else:
                 path.unlink(missing_ok=True)
 
@@ -713,15 +703,7 @@ class Bench:
         # dockerd and buildah leave their (empty) parent cgroups behind: take back those this run created.
         for group in cgroups_made_by_peers():
             if group not in self.cgroups_before:
-                for directory in sorted((p for p in group.rglob("*") if p.is_dir()), key=lambda p: -len(str(p))):
-                    try:
-                        directory.rmdir()
-                    except OSError:
-                        pass
-                try:
-                    group.rmdir()
-                except OSError:
-                    pass  # still in use
+                remove_empty_dirs(group)  # what is still in use stays
 
     # ---- the report -----------------------------------------------------------------------
 

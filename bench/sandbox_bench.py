@@ -99,11 +99,7 @@ def main() -> int:
         return bench.run(max(1, args.runs), max(0, args.warmup), args.json)
     finally:
         bench.close()
-        if args.keep:
-            print(f"kept {work}")
-        else:
-            unmount_under(work)
-            shutil.rmtree(work, ignore_errors=True)
+        remove_work(work, keep=args.keep)
 
 
 # ---- timing ---------------------------------------------------------------------------
@@ -636,6 +632,24 @@ def remove_containers_cache(existed: bool) -> None:
         return
     (containers / "cache" / "blob-info-cache-v1.boltdb").unlink(missing_ok=True)
     for directory in (containers / "cache", containers):
+        try:
+            directory.rmdir()
+        except OSError:
+            pass
+
+
+def remove_work(work: Path, *, keep: bool) -> None:
+    """Delete a bench's working directory (unmounting what a failed run left in it), or say where it was kept."""
+    if keep:
+        print(f"kept {work}")
+    else:
+        unmount_under(work)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def remove_empty_dirs(top: Path) -> None:
+    """Remove `top` and the directories below it, deepest first, leaving any that are not empty (or in use)."""
+    for directory in [*sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(str(p))), top]:
         try:
             directory.rmdir()
         except OSError:
