@@ -184,7 +184,7 @@ def _rule(pattern: str, origin: str, line: int) -> IgnoreRule:
     return IgnoreRule(pattern, negated, origin, line)
 
 
-@functools.cache
+@functools.lru_cache(maxsize=4096)  # bounded: a build script may build many contexts in one process
 def _matcher(pattern: str) -> Callable[[str], bool]:
     return _dockerignore_matcher(pattern)
 
