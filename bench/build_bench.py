@@ -31,7 +31,6 @@ loudly. It reports and never asserts: it exits 0 unless the bench breaks.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -50,6 +49,7 @@ from pathlib import Path
 from sandbox_bench import (
     cgroup_layout,
     last_first_line,
+    publish,
     remove_containers_cache,
     remove_empty_dirs,
     remove_work,
@@ -618,11 +618,7 @@ class Bench:
 
         report = self.report(workloads, cases, runs)
         print()
-        print(render(report))
-        print(f"\ntotal {time.perf_counter() - started:.0f} s")
-        if json_path is not None:
-            json_path.write_text(json.dumps(report, indent=2) + "\n")
-            print(f"figures written to {json_path}")
+        publish(render(report), report, started, json_path)
         return 0
 
     def prepare(self, workloads: list[str]) -> None:

@@ -309,11 +309,7 @@ class Bench:
                     again.once(timed=r >= warmup)
             measures.append(again)
         report = self.report(measures, runs, warmup)
-        print(render(report))
-        print(f"\ntotal {time.perf_counter() - started:.0f} s")
-        if json_path is not None:
-            json_path.write_text(json.dumps(report, indent=2) + "\n")
-            print(f"figures written to {json_path}")
+        publish(render(report), report, started, json_path)
         return 0
 
     def prepare(self) -> list[Measure]:
@@ -636,6 +632,15 @@ def remove_containers_cache(existed: bool) -> None:
             directory.rmdir()
         except OSError:
             pass
+
+
+def publish(text: str, report: dict, started: float, json_path: Path | None) -> None:
+    """Print the rendered report and the run's total time; write the figures as JSON when asked."""
+    print(text)
+    print(f"\ntotal {time.perf_counter() - started:.0f} s")
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"figures written to {json_path}")
 
 
 def remove_work(work: Path, *, keep: bool) -> None:
