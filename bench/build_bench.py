@@ -20,7 +20,9 @@ each round). For W3 it also times its floor: the RUN payload alone on the host
 (the busybox of the rootfs, writing into a plain directory) plus zstandard
 at pybuild's layer level with two threads over the 1 GiB it wrote. Each timed build is the
 wall time of the whole command (client included), after an untimed
-`sync`; the cold build's reset is untimed too. Every round runs each case
+`sync`; the cold build's reset is untimed too. When the directory is on an
+ext4 without a journal (this machine's root), everything runs on a journaled
+ext4 on a loop device the bench makes (see ScratchFilesystem). Every round runs each case
 for every tool in a fresh (seeded) random order, after one untimed warm-up
 round of W2; it reports medians, the ratios pybuild / BuildKit and pybuild /
 buildah, and pybuild's peak memory (the largest resident set of any one
@@ -94,6 +96,11 @@ def main() -> int:
     parser.add_argument("--dir", type=Path, help="where the temporary directory goes (default: TMPDIR); ~8 GiB with W3")
     parser.add_argument("--keep", action="store_true", help="keep the workloads, stores and the dockerd data root")
     parser.add_argument(
+        "--host-fs",
+        action="store_true",
+        help="build on --dir's filesystem even when it is an ext4 without a journal (see ScratchFilesystem)",
+    )
+    parser.add_argument(
         "--pybuild", type=Path, help="the pybuild to time (default: this interpreter's, else the one on PATH)"
     )
     parser.add_argument(
@@ -109,15 +116,87 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="pybuild-build-bench-", dir=args.dir))
-    bench = Bench(work, args.shared, pybuild_path(args.pybuild), args.docker)
+    reason = None if args.host_fs else lingering_deletes(work)
+    scratch = ScratchFilesystem(work, reason) if reason else None
+    bench: Bench | None = None
     try:
-        return bench.run(workloads, max(1, args.runs), args.json)
+        bench_dir = scratch.make() if scratch is not None else work
+        bench = Bench(bench_dir, args.shared, pybuild_path(args.pybuild), args.docker)
+        return bench.run(workloads, max(1, args.runs), args.json, scratch)
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130
+    except Unavailable as error:
+        print(f"bench: {error}", file=sys.stderr)
+        return 1
     finally:
-        bench.close()
+        if bench is not None:
+            bench.close()
+        if scratch is not None:
+            scratch.release(keep=args.keep)
         remove_work(work, keep=args.keep)
+
+
+def lingering_deletes(path: Path) -> str | None:
+    """Why files deleted under `path` slow down the next creates for minutes, or None if they do not.
+
+    An ext4 without a journal keeps every freed inode out of use for 60 s after its delete, and
+    for 360 s while its inode-table block is dirty, and every new inode scans past all of them
+    from the start of its block group (fs/ext4/ialloc.c, recently_deleted()): creating n files
+    after deleting m costs n x m. A cold build's reset deletes a whole store, so the next
+    thousands of creates on that part of the disk, by whichever tool comes next, pay for it:
+    W1's RUN of 5,000 files took 0.3 s on a quiet disk and 2.3 s after the reset.
+    """
+    device = os.stat(path).st_dev
+    block = Path(f"/sys/dev/block/{os.major(device)}:{os.minor(device)}")
+    journal = Path("/sys/fs/ext4") / block.resolve().name / "journal_task"
+    try:
+        if journal.read_text().strip() != "<none>":
+            return None
+    except OSError:
+        return None  # not ext4, or not a block device (tmpfs, overlay): no such delay
+    return f"{path} is on an ext4 without a journal ({block.resolve().name})"
+
+
+class ScratchFilesystem:
+    """A journaled ext4 on a loop device of its own, holding every tool's storage, workloads and logs.
+
+    Made when the bench's directory is on an ext4 without a journal (see `lingering_deletes`):
+    there the resets' deletes, not the tools, would decide which build is slow. A journaled
+    ext4 is what Debian installs and has no such delay. Every tool builds on it, the same way.
+    The image is sparse and removed at the end (kept, still mounted, with --keep).
+    """
+
+    SIZE = 64 << 30  # sparse: only what the run writes takes space
+
+    def __init__(self, parent: Path, reason: str) -> None:
+        self.reason = reason
+        self.image = parent / "scratch.ext4"
+        self.mount_point = parent / "fs"
+        self.device = ""
+
+    def make(self) -> Path:
+        with open(self.image, "wb") as f:
+            f.truncate(self.SIZE)
+        # Direct I/O: the image's pages are not cached twice, once for each filesystem.
+        self.device = quiet(["losetup", "--find", "--show", "--direct-io=on", str(self.image)]).strip()
+        quiet(["mkfs.ext4", "-q", "-F", "-L", "pybuild-bench", self.device])
+        self.mount_point.mkdir()
+        # noinit_itable: no background zeroing of inode tables while the builds are timed.
+        quiet(["mount", "-o", "noinit_itable", self.device, str(self.mount_point)])
+        return self.mount_point
+
+    def describe(self) -> str:
+        return f"a journaled ext4 on {self.device} (a sparse image in {self.image.parent}), because {self.reason}"
+
+    def release(self, *, keep: bool) -> None:
+        if keep:
+            print(f"kept {self.mount_point} mounted: umount {self.mount_point}; losetup -d {self.device}")
+            return
+        unmount_under(self.mount_point)
+        subprocess.run(["umount", "-l", str(self.mount_point)], check=False, stderr=subprocess.DEVNULL)
+        if self.device:
+            subprocess.run(["losetup", "-d", self.device], check=False, stderr=subprocess.DEVNULL)
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -580,10 +659,15 @@ class Bench:
         self.floor_parts: dict[str, list[float]] = {"payload": [], "zstd": [], "payload_host_tools": []}
         self.failed: dict[tuple[str, str], str] = {}  # (tool, workload) -> message
         self.cgroups_before = set(cgroups_made_by_peers())
+        self.filesystem = f"the filesystem of {work}"
 
-    def run(self, workloads: list[str], runs: int, json_path: Path | None) -> int:
+    def run(self, workloads: list[str], runs: int, json_path: Path | None, scratch: ScratchFilesystem | None) -> int:
         started = time.perf_counter()
-        print(f"preparing in {self.work} ...", flush=True)
+        if scratch is not None:
+            self.filesystem = scratch.describe()
+        elif reason := lingering_deletes(self.work):
+            self.filesystem = f"{reason} (--host-fs): a reset's deletes slow the creates of the builds after it"
+        print(f"preparing in {self.work}, on {self.filesystem} ...", flush=True)
         self.prepare(workloads)
         missing = {key: tool.problem for key, tool in self.tools.items() if tool.problem}
         for key, problem in missing.items():
@@ -750,6 +834,7 @@ class Bench:
             }
         return {
             "machine": machine(),
+            "filesystem": self.filesystem,
             "versions": self.versions(),
             "notes": [n for n in (getattr(self.tools.get("pybuild"), "pycache_note", ""),) if n],
             "runs": runs,
@@ -889,7 +974,8 @@ def render(report: dict) -> str:
                 f"  {name}: {'yes' if holds else 'no'} ({ratio(w3_cold['pybuild'], floor)};"
                 f" {ratio(w3_cold['pybuild'], host)} of the floor with the host's GNU tools)"
             )
-    out += ["", "machine: " + report["machine"], "versions: " + "; ".join(report["versions"])]
+    out += ["", "machine: " + report["machine"], "filesystem: " + report["filesystem"]]
+    out += ["versions: " + "; ".join(report["versions"])]
     out += ["note: " + note for note in report["notes"]]
     return "\n".join(out)
 
