@@ -44,6 +44,14 @@ def _scratch(builder: Builder) -> str:
     return tempfile.mkdtemp(prefix="step-", dir=builder.scratch_root())
 
 
+def _remove_scratch(scratch: str | None) -> None:
+    """Remove a step's scratch directory, if it made one."""
+    if scratch:
+        import shutil  # here, not at import: a build whose steps all hit never removes a tree
+
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
 # ---- RUN ---------------------------------------------------------------------
 
 
@@ -125,10 +133,7 @@ def run_action(builder: Builder, instruction: Run, work: _StageWork, state: _Sta
 
     def close() -> None:
         prepared.close()
-        if scratch:
-            import shutil
-
-            shutil.rmtree(scratch, ignore_errors=True)
+        _remove_scratch(scratch)
 
     return _Action(op, prepared.files, run, close)
 
@@ -235,10 +240,7 @@ def copy_action(builder: Builder, instruction: Copy | Add, work: _StageWork, sta
                 [_inline_name(s, instruction) for s in instruction.sources], exclude=instruction.exclude, parents=parents
             )
         except ContextError as exc:
-            if scratch:
-                import shutil
-
-                shutil.rmtree(scratch, ignore_errors=True)
+            _remove_scratch(scratch)
             raise ContextError(f"{word}: {exc.message}", span) from None
         op["content"] = source_root.digest(matches)
         files = {e.rel: e.digest or f"{e.kind}:{e.target or ''}:{e.mode:o}" for m in matches for e in m.entries}
@@ -281,13 +283,7 @@ def copy_action(builder: Builder, instruction: Copy | Add, work: _StageWork, sta
             if source_checkout is not None:
                 source_checkout.remove()
 
-    def close() -> None:
-        if scratch:
-            import shutil
-
-            shutil.rmtree(scratch, ignore_errors=True)
-
-    action = _Action(op, files, run, close)
+    action = _Action(op, files, run, lambda: _remove_scratch(scratch))
     if instruction.link:
         action.layers = ()  # --link: the files alone, on an empty root, whatever lies below
     return action

@@ -848,19 +848,19 @@ class _Copier:
                 mode, mtime = stat.S_IMODE(info.st_mode), info.st_mtime_ns
             else:
                 mode, mtime = entry.mode, entry.mtime_ns
-            fresh = top.fresh
-            try:
-                if fresh:
-                    raise FileNotFoundError  # its parent was made by this copy: so is it
-                dest_fd = os.open(name, _O_DIR, dir_fd=top.dest_fd)
-            except FileNotFoundError:
+            fresh = top.fresh  # in a directory this copy made, nothing is there yet
+            if not fresh:
+                try:
+                    dest_fd = os.open(name, _O_DIR, dir_fd=top.dest_fd)
+                except FileNotFoundError:
+                    fresh = True
+                except OSError as exc:
+                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    raise ContextError(f"cannot copy to non-directory: {shown}") from None
+            if fresh:
                 os.mkdir(name, 0o700, dir_fd=top.dest_fd)
                 dest_fd = os.open(name, _O_DIR, dir_fd=top.dest_fd)
-                fresh = True
-            except OSError as exc:
-                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                    raise
-                raise ContextError(f"cannot copy to non-directory: {shown}") from None
         except BaseException:
             os.close(source_fd)
             raise

@@ -42,14 +42,8 @@ class MediaType:
     CONFIGS = frozenset({CONFIG, DOCKER_CONFIG})
     LAYERS = frozenset(
         {
-            LAYER,
-            LAYER_GZIP,
-            LAYER_ZSTD,
-            NONDIST_LAYER,
-            NONDIST_LAYER_GZIP,
-            NONDIST_LAYER_ZSTD,
-            DOCKER_LAYER,
-            DOCKER_FOREIGN_LAYER,
+            LAYER, LAYER_GZIP, LAYER_ZSTD, NONDIST_LAYER, NONDIST_LAYER_GZIP, NONDIST_LAYER_ZSTD,
+            DOCKER_LAYER, DOCKER_FOREIGN_LAYER,
         }
     )
 
@@ -110,11 +104,7 @@ class Descriptor(_DescriptorFields):
         """Validate and convert one JSON descriptor object; InvalidDescriptor if it is not one."""
         if not isinstance(value, dict):
             raise InvalidDescriptor(f"{where}: not a JSON object")
-        media_type, digest, size = (
-            value.get("mediaType"),
-            value.get("digest"),
-            value.get("size"),
-        )
+        media_type, digest, size = (value.get("mediaType"), value.get("digest"), value.get("size"))
         if not isinstance(media_type, str) or not media_type or len(media_type) > 255:
             raise InvalidDescriptor(f"{where}: missing or invalid mediaType")
         try:
@@ -141,11 +131,7 @@ class Descriptor(_DescriptorFields):
 
     def to_json(self) -> dict[str, Any]:
         """The descriptor as an OCI JSON object."""
-        out: dict[str, Any] = {
-            "mediaType": self.media_type,
-            "digest": str(self.digest),
-            "size": self.size,
-        }
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
         if self.annotations:
             out["annotations"] = dict(self.annotations)
         if self.platform is not None:

@@ -140,27 +140,16 @@ class ContainerConfig(NamedTuple):
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
-        for key, value in (
-            ("Env", self.env),
-            ("OnBuild", self.on_build),
-            ("Shell", self.shell),
-        ):
+        for key, value in (("Env", self.env), ("OnBuild", self.on_build), ("Shell", self.shell)):
             if value:
                 out[key] = list(value)
         for key, value in (("Cmd", self.cmd), ("Entrypoint", self.entrypoint)):
             if value is not None:
                 out[key] = list(value)
-        for key, text in (
-            ("WorkingDir", self.working_dir),
-            ("User", self.user),
-            ("StopSignal", self.stop_signal),
-        ):
+        for key, text in (("WorkingDir", self.working_dir), ("User", self.user), ("StopSignal", self.stop_signal)):
             if text:
                 out[key] = text
-        for key, names in (
-            ("ExposedPorts", self.exposed_ports),
-            ("Volumes", self.volumes),
-        ):
+        for key, names in (("ExposedPorts", self.exposed_ports), ("Volumes", self.volumes)):
             if names:
                 out[key] = {name: {} for name in names}
         if self.labels:
@@ -234,10 +223,7 @@ class ImageConfig(NamedTuple):
 
 
 def _put_optional(
-    out: dict[str, Any],
-    artifact_type: str | None,
-    subject: Descriptor | None,
-    annotations: Mapping[str, str],
+    out: dict[str, Any], artifact_type: str | None, subject: Descriptor | None, annotations: Mapping[str, str]
 ) -> None:
     if artifact_type is not None:
         out["artifactType"] = artifact_type
@@ -253,13 +239,7 @@ def _put_optional(
 def canonical_json(obj: Any) -> bytes:
     """The canonical bytes of a document (or of anything with `to_json()`, or plain JSON data)."""
     value = obj.to_json() if hasattr(obj, "to_json") else obj
-    return json.dumps(
-        value,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-    ).encode()
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def chain_id(diff_ids: Sequence[Digest]) -> Digest:
@@ -338,12 +318,7 @@ def parse_config(data: bytes, descriptor: Descriptor | None = None) -> ImageConf
 
 
 def _parse(
-    data: bytes,
-    descriptor: Descriptor | None,
-    kind: str,
-    allowed: frozenset[str],
-    default: str,
-    build: Any,
+    data: bytes, descriptor: Descriptor | None, kind: str, allowed: frozenset[str], default: str, build: Any
 ) -> Any:
     def where() -> str:
         return f"{kind} {descriptor.digest if descriptor else Digest.of(bytes(data))}"
@@ -353,10 +328,7 @@ def _parse(
         raise UnsupportedMediaType(f"{where()}: media type {media_type!r} is not a {kind}")
     limit = MAX_CONFIG_SIZE if kind == "config" else MAX_MANIFEST_SIZE
     if len(data) > limit:
-        raise LimitExceeded(
-            f"{where()}: {len(data)} bytes is more than the {limit} allowed for a {kind}",
-            limit=limit,
-        )
+        raise LimitExceeded(f"{where()}: {len(data)} bytes is more than the {limit} allowed for a {kind}", limit=limit)
     try:
         value = _load_json(data)
         if not isinstance(value, dict):

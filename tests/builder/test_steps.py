@@ -82,4 +82,3 @@ def test_history_lines_read_like_buildkit() -> None:
     assert created_by(one('CMD ["sh"]')) == 'CMD ["sh"]'
     assert created_by(one("EXPOSE 80")) == "EXPOSE map[80/tcp:{}]"
     assert created_by(one("WORKDIR /x")) == "WORKDIR /x"
-
