@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import random
 import re
 import shutil
@@ -49,8 +48,8 @@ from pathlib import Path
 
 # Shared with the sandbox bench beside this file (its directory is sys.path[0] when run as a script).
 from sandbox_bench import (
-    cgroup_layout,
     last_first_line,
+    machine,
     publish,
     remove_containers_cache,
     remove_empty_dirs,
@@ -116,13 +115,19 @@ def main() -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     work = Path(tempfile.mkdtemp(prefix="pybuild-build-bench-", dir=args.dir))
-    reason = None if args.host_fs else lingering_deletes(work)
-    scratch = ScratchFilesystem(work, reason) if reason else None
+    reason = lingering_deletes(work)
+    scratch = ScratchFilesystem(work, reason) if reason and not args.host_fs else None
     bench: Bench | None = None
     try:
-        bench_dir = scratch.make() if scratch is not None else work
-        bench = Bench(bench_dir, args.shared, pybuild_path(args.pybuild), args.docker)
-        return bench.run(workloads, max(1, args.runs), args.json, scratch)
+        if scratch is not None:
+            bench_dir, filesystem = scratch.make(), scratch.describe()
+        else:
+            bench_dir = work
+            filesystem = f"the filesystem of {work}"
+            if reason:
+                filesystem = f"{reason} (--host-fs): a reset's deletes slow the creates of the builds after it"
+        bench = Bench(bench_dir, args.shared, pybuild_path(args.pybuild), args.docker, filesystem)
+        return bench.run(workloads, max(1, args.runs), args.json)
     except KeyboardInterrupt:
         print("\ninterrupted; cleaning up", file=sys.stderr)
         return 130
@@ -643,8 +648,9 @@ class _Null:
 
 
 class Bench:
-    def __init__(self, work: Path, shared: Path, pybuild: Path | None, docker: Path | None) -> None:
+    def __init__(self, work: Path, shared: Path, pybuild: Path | None, docker: Path | None, filesystem: str) -> None:
         self.work = work
+        self.filesystem = filesystem  # where the builds run, for the report
         self.shared = shared
         self.tarball = work / "busybox-rootfs.tar"
         self.contexts = work / "ctx"
@@ -659,14 +665,9 @@ class Bench:
         self.floor_parts: dict[str, list[float]] = {"payload": [], "zstd": [], "payload_host_tools": []}
         self.failed: dict[tuple[str, str], str] = {}  # (tool, workload) -> message
         self.cgroups_before = set(cgroups_made_by_peers())
-        self.filesystem = f"the filesystem of {work}"
 
-    def run(self, workloads: list[str], runs: int, json_path: Path | None, scratch: ScratchFilesystem | None) -> int:
+    def run(self, workloads: list[str], runs: int, json_path: Path | None) -> int:
         started = time.perf_counter()
-        if scratch is not None:
-            self.filesystem = scratch.describe()
-        elif reason := lingering_deletes(self.work):
-            self.filesystem = f"{reason} (--host-fs): a reset's deletes slow the creates of the builds after it"
         print(f"preparing in {self.work}, on {self.filesystem} ...", flush=True)
         self.prepare(workloads)
         missing = {key: tool.problem for key, tool in self.tools.items() if tool.problem}
@@ -981,20 +982,6 @@ def render(report: dict) -> str:
 
 
 # ---- machine facts ------------------------------------------------------------------------
-
-
-def machine() -> str:
-    memory = ""
-    try:
-        with open("/proc/meminfo") as f:
-            kib = int(next(line.split()[1] for line in f if line.startswith("MemTotal:")))
-        memory = f", {kib / (1 << 20):.0f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        pass
-    return (
-        f"{platform.machine()}, {os.cpu_count()} cores{memory}, Linux {platform.release()}, "
-        f"Python {platform.python_version()}, cgroups {cgroup_layout()}"
-    )
 
 
 if __name__ == "__main__":

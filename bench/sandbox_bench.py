@@ -559,8 +559,15 @@ def target(
 
 
 def machine() -> str:
+    memory = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(next(line.split()[1] for line in f if line.startswith("MemTotal:")))
+        memory = f", {kib / (1 << 20):.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
     return (
-        f"{platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}, "
+        f"{platform.machine()}, {os.cpu_count()} cores{memory}, Linux {platform.release()}, "
         f"Python {platform.python_version()}, cgroups {cgroup_layout()}"
     )
 
@@ -627,11 +634,7 @@ def remove_containers_cache(existed: bool) -> None:
     if existed or not containers.exists():
         return
     (containers / "cache" / "blob-info-cache-v1.boltdb").unlink(missing_ok=True)
-    for directory in (containers / "cache", containers):
-        try:
-            directory.rmdir()
-        except OSError:
-            pass
+    remove_empty_dirs(containers)
 
 
 def publish(text: str, report: dict, started: float, json_path: Path | None) -> None:
